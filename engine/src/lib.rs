@@ -1,0 +1,1 @@
+//! Per-core storage engine (being built).
