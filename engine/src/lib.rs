@@ -1,1 +1,181 @@
-//! Per-core storage engine (being built).
+//! ringmq's per-core storage engine.
+//!
+//! One [`Shard`] per core owns that core's queues (topic partitions), its commit log and its
+//! per-queue indexes. All queues of a shard append to ONE commit log (RocketMQ's design), so the
+//! disk sees sequential writes however many partitions there are; a compact per-queue index maps
+//! offsets to log positions.
+//!
+//! ```text
+//!  append(queue, batch) ──► validate CRC ──► assign offsets ──► copy into aligned buffer
+//!                                                                   │
+//!            commit log segments ◄── O_DIRECT writes (several in flight) ◄─┘
+//!                    │                       │
+//!         one fdatasync per group ──► wake Durable waiters    wake Written waiters
+//! ```
+//!
+//! Layout: [`format`](mod@format) (pure on-disk encodings, see `engine/FORMAT.md`), [`io`] (the storage
+//! seam: glommio DMA files or an in-memory fault-injecting double), `log` (segments, appender,
+//! reader, recovery, retention, segment roll/preparation), `index` (per-queue index), `commit`
+//! (group commit), `checkpoint`, `cache` (tail cache), `producers` (idempotent-producer
+//! table), `shard` (the owner of it all).
+//!
+//! The executor that runs a shard must be built with `io_memory` under `RLIMIT_MEMLOCK`:
+//! use [`recommended_io_memory_bytes`] (see `kernel-notes/io-uring-memlock.md`).
+
+mod cache;
+mod checkpoint;
+mod commit;
+mod error;
+pub mod format;
+mod index;
+pub mod io;
+mod log;
+mod producers;
+mod shard;
+#[cfg(test)]
+mod shard_tests;
+
+pub use error::EngineError;
+pub use shard::Shard;
+
+use std::path::PathBuf;
+
+/// One queue (a topic partition or an internal queue) of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueId(pub u32);
+
+/// A per-queue record offset, dense from 0 (Kafka offsets are i64 on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Offset(pub u64);
+
+/// A byte position in a shard's commit log (segment start + offset within the segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPos(pub u64);
+
+/// How far an append must get before it resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// Resolves when the write covering the batch completed (Kafka acks=1). Lost on power
+    /// failure unless a later fdatasync covered it.
+    Written,
+    /// Resolves only after an fdatasync covering the batch completed (Kafka acks=all).
+    Durable,
+}
+
+/// Configuration of one shard. See [`ShardConfig::default`] for the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// Directory holding the shard's segments, indexes and checkpoint (created if absent).
+    pub dir: PathBuf,
+    /// Size of each commit-log segment file, preallocated. Multiple of 4096, at least
+    /// `max_batch_bytes + 2 * 4096`. Default 1 GiB.
+    pub segment_size_bytes: u64,
+    /// Bytes of recent batches kept in memory so tail readers never touch disk. Default 64 MiB.
+    pub tail_cache_bytes: u64,
+    /// When set, a background task makes `Written` data durable within this many milliseconds.
+    /// Default `None`.
+    pub flush_interval_ms: Option<u64>,
+    /// Whole segments whose newest entry is older than this are deleted. Default `None`.
+    pub retention_ms: Option<u64>,
+    /// Total commit-log bytes kept; the oldest whole segments go first. Default `None`.
+    pub retention_bytes: Option<u64>,
+    /// Larger batches are refused with `BatchTooLarge`. Default 8 MiB; at most
+    /// [`format::entry::MAX_PAYLOAD_BYTES`].
+    pub max_batch_bytes: u32,
+    /// What the executor builder should pass to `LocalExecutorBuilder::io_memory`; defaults to
+    /// [`recommended_io_memory_bytes`]. The shard cannot set it itself.
+    pub io_memory_bytes: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            dir: PathBuf::from("ringmq-data/shard-0"),
+            segment_size_bytes: 1 << 30,
+            tail_cache_bytes: 64 << 20,
+            flush_interval_ms: None,
+            retention_ms: None,
+            retention_bytes: None,
+            max_batch_bytes: 8 << 20,
+            io_memory_bytes: recommended_io_memory_bytes(),
+        }
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// The shard's clock when the batch was appended (for LogAppendTime topics).
+    pub log_append_time_ms: i64,
+}
+
+/// The answer to [`Shard::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Whole stored RecordBatch v2 byte strings, in offset order, base offsets assigned.
+    pub batches: Vec<bytes::Bytes>,
+    /// Next offset after the data visible to readers (written data; high watermark).
+    pub end_offset: Offset,
+    pub log_start_offset: Offset,
+}
+
+/// One batch an idempotent producer appended, as recorded from its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerBatch {
+    pub epoch: i16,
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+}
+
+/// Bytes of io_uring registered buffer memory an executor should use: half of
+/// `RLIMIT_MEMLOCK`, at most 4 MiB (glommio's default of 10 MiB exceeds a typical 8 MiB limit,
+/// and then every DMA read fails with EOPNOTSUPP). Every executor running a [`Shard`] must be
+/// built with `LocalExecutorBuilder::io_memory(recommended_io_memory_bytes())`.
+pub fn recommended_io_memory_bytes() -> usize {
+    const CAP_BYTES: u64 = 4 << 20;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    if rc != 0 {
+        return 0;
+    }
+    let half = if lim.rlim_cur == libc::RLIM_INFINITY {
+        CAP_BYTES
+    } else {
+        lim.rlim_cur / 2
+    };
+    // Registered buffers come in whole pages.
+    (half.min(CAP_BYTES) & !4095) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_memory_fits_under_memlock() {
+        let n = recommended_io_memory_bytes() as u64;
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) },
+            0
+        );
+        assert!(
+            n <= lim.rlim_cur && n <= 4 << 20,
+            "{n} vs limit {}",
+            lim.rlim_cur
+        );
+        assert_eq!(n % 4096, 0);
+    }
+}

@@ -5,8 +5,12 @@
 //!
 //! - [`record_batch`]: the RecordBatch v2 header (parse, CRC-32C check, offset rewrite) and a
 //!   builder for producers (loadgen, tests).
+//! - [`records`]: the records inside an uncompressed batch, read in place.
 //! - [`frame`]: the 4-byte size prefix and request/response headers on both sides.
+//! - [`fetch`]: the Fetch response encoded by hand around stored batches (no record copy).
 
+pub mod fetch;
 pub mod frame;
 pub mod record_batch;
+pub mod records;
 pub mod varint;

@@ -21,7 +21,7 @@
 //! All integers are big-endian, as on Kafka's wire. Because the CRC starts at `attributes`,
 //! the broker may rewrite `base_offset` and `partition_leader_epoch` without recomputing it.
 
-use crate::varint::{put_uvarint, put_varint};
+use crate::varint::put_varint;
 use thiserror::Error;
 
 /// Length of the fixed batch header.

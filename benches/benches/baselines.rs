@@ -1,0 +1,134 @@
+//! Kernel baselines on this machine, the figures quoted in kernel-notes/:
+//! raw O_DIRECT sequential writes at several sizes and depths, bare 4 KiB write+fdatasync in
+//! three file layouts, and group commits of k appends sharing one fdatasync.
+//!
+//! `cargo bench -p ringmq-benches --bench baselines` (add `-- --quick` for a smoke run).
+
+use std::path::PathBuf;
+
+use ringmq_benches::fsync::{self, FsyncPattern};
+use ringmq_benches::raw::{self, FileLayout, RawWriteSpec};
+use ringmq_benches::stats::{median, LatencyUs};
+use ringmq_benches::{executor, quick_mode_requested};
+
+fn main() {
+    let quick = quick_mode_requested();
+    let dir = tempfile::Builder::new()
+        .prefix("ringmq-baselines")
+        .tempdir_in(std::env::var_os("RINGMQ_BENCH_DIR").unwrap_or_else(|| ".".into()))
+        .expect("creating the bench directory");
+    let path = dir.path().to_path_buf();
+    println!("# baselines (quick={quick}) in {}", path.display());
+    println!(
+        "# io_memory={} B, memlock={:?} B",
+        executor::io_memory_bytes(),
+        executor::memlock_limit_bytes()
+    );
+    executor::run(move || async move { run_all(path, quick).await });
+}
+
+async fn run_all(dir: PathBuf, quick: bool) {
+    let reps = if quick { 1 } else { 3 };
+    let default_mib = if quick { 8 } else { 256 };
+    let total_mib: u64 = std::env::var("RINGMQ_BENCH_RAW_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_mib);
+    let total_bytes = total_mib << 20;
+    println!(
+        "raw O_DIRECT sequential write, {} MiB per run, median of {reps}:",
+        total_bytes >> 20
+    );
+    // RINGMQ_BENCH_RAW_MIB=0 skips the raw section (fdatasync figures only).
+    let layouts: &[FileLayout] = if total_bytes == 0 {
+        &[]
+    } else {
+        &FileLayout::ALL
+    };
+    for &layout in layouts {
+        for write_bytes in [16 << 10, 256 << 10, 1 << 20] {
+            for in_flight in [1, 4, 16] {
+                raw_row(
+                    &dir,
+                    RawWriteSpec {
+                        write_bytes,
+                        total_bytes,
+                        in_flight,
+                        layout,
+                    },
+                    reps,
+                )
+                .await;
+            }
+        }
+    }
+    let pairs = if quick { 50 } else { 2000 };
+    println!("bare 4 KiB write+fdatasync, {pairs} pairs per run, median of {reps} runs (us):");
+    for pattern in FsyncPattern::ALL {
+        let mut runs = Vec::new();
+        for _ in 0..reps {
+            let h = fsync::write_fdatasync_latency(&dir, pattern, pairs)
+                .await
+                .expect("fsync loop");
+            runs.push(LatencyUs::of(&h));
+        }
+        let l = LatencyUs::median_of(&runs);
+        println!(
+            "  {:<22} p50={:>6.0} p99={:>6.0} p99.9={:>6.0} max={:>6.0}",
+            pattern.name(),
+            l.p50,
+            l.p99,
+            l.p999,
+            l.max
+        );
+    }
+    let rounds = if quick { 30 } else { 1000 };
+    println!("group commit: k x 4 KiB in one write + one fdatasync, {rounds} rounds (us):");
+    // RINGMQ_BENCH_GROUP_KS="1,8,32" picks the group sizes.
+    let ks: Vec<usize> = std::env::var("RINGMQ_BENCH_GROUP_KS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|k| k.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16, 64, 256]);
+    for k in ks {
+        let mut runs = Vec::new();
+        for _ in 0..reps {
+            let h = fsync::group_commit_latency(&dir, k, rounds)
+                .await
+                .expect("group loop");
+            runs.push(LatencyUs::of(&h));
+        }
+        let l = LatencyUs::median_of(&runs);
+        println!(
+            "  k={k:>3}: round p50={:>6.0} p99={:>6.0}  per append p50={:>7.1}  appends/s at p50={:>8.0}",
+            l.p50,
+            l.p99,
+            l.p50 / k as f64,
+            k as f64 * 1e6 / l.p50
+        );
+    }
+}
+
+async fn raw_row(dir: &std::path::Path, spec: RawWriteSpec, reps: usize) {
+    let mut mbps = Vec::new();
+    for _ in 0..reps {
+        let t = raw::sequential_write(dir, spec)
+            .await
+            .expect("raw write loop");
+        mbps.push(t.mb_per_s());
+    }
+    println!(
+        "  {:<10} write={:>5} KiB in_flight={:>2}: {:>7.0} MB/s  (runs: {})",
+        spec.layout.name(),
+        spec.write_bytes >> 10,
+        spec.in_flight,
+        median(&mbps),
+        fmt_runs(&mbps)
+    );
+}
+
+fn fmt_runs(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

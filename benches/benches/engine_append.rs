@@ -1,0 +1,31 @@
+//! `cargo bench -p ringmq-benches --bench engine_append` (full: a few minutes of disk writes)
+//! `RINGMQ_BENCH_QUICK=1 cargo bench -p ringmq-benches --bench engine_append` (seconds).
+//! Files go to a temp dir under `RINGMQ_BENCH_DIR` (default: the current directory, so the
+//! disk measured is the one the data would live on, not a tmpfs).
+
+use ringmq_benches::engine_append::{self, Plan};
+use ringmq_benches::{executor, quick_mode_requested};
+
+fn main() {
+    let quick = quick_mode_requested();
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let dir = tempfile::Builder::new()
+        .prefix("ringmq-bench-append")
+        .tempdir_in(std::env::var_os("RINGMQ_BENCH_DIR").unwrap_or_else(|| ".".into()))
+        .expect("creating the bench directory");
+    let path = dir.path().to_path_buf();
+    println!(
+        "# engine_append (quick={quick}) in {}, io_memory {} B",
+        path.display(),
+        executor::io_memory_bytes()
+    );
+    let plan2 = plan.clone();
+    let report = executor::run(move || async move { engine_append::run(&path, &plan2).await });
+    match report {
+        Ok(r) => print!("{}", r.render(&plan)),
+        Err(e) => {
+            eprintln!("engine_append failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Serving a file's bytes to a loopback TCP consumer by every mechanism the kernel offers, for
+//! tail (page cache / memory) and backlog (not cached) data, 16 KiB and 1 MiB fetches. Figures
+//! are medians, printed with the ratio to the memory → socket baseline of the same run and the
+//! serving thread's CPU per GiB. Notes: kernel-notes/sendfile-and-splice.md, send-zc.md,
+//! o-direct-reads.md.
+//!
+//! `cargo bench -p ringmq-benches --bench fetch_paths [-- --size 1G --reps 5 --verify --quick]`
+//! The file goes to `RINGMQ_BENCH_DIR` (default: the current directory) and is deleted after.
+
+use std::path::PathBuf;
+
+use ringmq_benches::fetch_paths::{self, parse_size, Plan, DEFAULT_FILE_BYTES};
+use ringmq_benches::quick_mode_requested;
+
+/// Repetitions of a full run unless `--reps` says otherwise.
+const DEFAULT_REPS: usize = 3;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let mut plan = if quick_mode_requested() {
+        Plan::quick()
+    } else {
+        Plan::full(DEFAULT_FILE_BYTES, DEFAULT_REPS)
+    };
+    if let Some(size) = value_of("--size") {
+        plan.file_bytes = parse_size(&size).unwrap_or_else(|| panic!("bad --size {size}"));
+    }
+    if let Some(reps) = value_of("--reps") {
+        plan.reps = reps.parse().unwrap_or_else(|_| panic!("bad --reps {reps}"));
+    }
+    plan.verify |= args.iter().any(|a| a == "--verify");
+    let dir: PathBuf = std::env::var_os("RINGMQ_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ".".into());
+    let dir = tempfile::Builder::new()
+        .prefix("ringmq-fetch-paths")
+        .tempdir_in(dir)
+        .expect("creating the bench directory");
+    println!(
+        "# fetch_paths: file {} MiB in {}, reps {}, verify {}, kernel {}",
+        plan.file_bytes >> 20,
+        dir.path().display(),
+        plan.reps,
+        plan.verify,
+        kernel_release()
+    );
+    println!("# serving thread pinned to cpu 0, consumer to cpu 1; backlog = fdatasync + posix_fadvise(DONTNEED)");
+    let report = fetch_paths::run(dir.path(), &plan).unwrap_or_else(|e| panic!("fetch_paths: {e}"));
+    print!("{}", report.render());
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

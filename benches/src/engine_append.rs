@@ -1,0 +1,402 @@
+//! The engine append benchmark: 1 KiB records in 16 KiB and 256 KiB batches, Written and
+//! Durable, into a shard holding 1, 64 and 10,000 queues, from 64 concurrent appenders.
+//! Throughput is quoted as a ratio to the raw O_DIRECT loop ([`crate::raw`]) with the same
+//! write size, and Durable latency as a ratio to a bare 4 KiB write+fdatasync
+//! ([`crate::fsync`]), both measured in the same run, interleaved with the engine runs.
+//!
+//! Targets (printed with each result): Written >= 0.85 x raw; 10,000 queues >= 0.9 x 1 queue;
+//! Durable with 64 appenders >= 0.6 x raw; Durable p99 <= 3 x bare write+fdatasync p99.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use ringmq_engine::{Durability, EngineError, QueueId, Shard, ShardConfig};
+use ringmq_wire::record_batch::{BatchBuilder, ProducerStamp, Record};
+
+use crate::fsync::{self, FsyncPattern};
+use crate::raw::{self, FileLayout, RawWriteSpec, Throughput};
+use crate::stats::{latency_histogram, median, LatencyUs};
+
+/// Value bytes per record: with its key and framing a record takes about 1 KiB.
+pub const RECORD_VALUE_BYTES: usize = 1000;
+/// Distinct prebuilt batches per batch size (appends reuse them; the engine copies anyway).
+pub const BATCH_POOL: usize = 16;
+/// Largest batch the benchmark's shards accept (the biggest sent is ~256 KiB).
+pub const MAX_BATCH_BYTES: u32 = 1 << 20;
+/// Writes the raw baseline keeps in flight ("several").
+pub const RAW_IN_FLIGHT: usize = 8;
+
+/// Sizes of one benchmark run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub repetitions: usize,
+    pub bytes_per_run: u64,
+    pub segment_size_bytes: u64,
+    pub appenders: usize,
+    pub batch_sizes: Vec<usize>,
+    pub queue_counts: Vec<u32>,
+    pub bare_fsync_pairs: usize,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            repetitions: 3,
+            bytes_per_run: 256 << 20,
+            segment_size_bytes: 128 << 20,
+            appenders: 64,
+            batch_sizes: vec![16 << 10, 256 << 10],
+            queue_counts: vec![1, 64, 10_000],
+            bare_fsync_pairs: 1000,
+        }
+    }
+
+    /// Seconds, not minutes: keeps the benchmark compiling and running under `cargo test`.
+    pub fn quick() -> Plan {
+        Plan {
+            repetitions: 1,
+            bytes_per_run: 4 << 20,
+            segment_size_bytes: 2 << 20,
+            bare_fsync_pairs: 40,
+            ..Plan::full()
+        }
+    }
+}
+
+/// One engine configuration's medians.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub batch_bytes: usize,
+    pub durability: Durability,
+    pub queues: u32,
+    pub mb_per_s: f64,
+    pub latency: Option<LatencyUs>,
+}
+
+/// Everything one benchmark run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Per batch size: (raw MB/s into a fallocated file, raw MB/s into a zero-filled file).
+    pub raw_mb_per_s: Vec<(usize, f64, f64)>,
+    pub bare_fsync: LatencyUs,
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    fn raw_for(&self, batch_bytes: usize) -> (f64, f64) {
+        self.raw_mb_per_s
+            .iter()
+            .find(|r| r.0 == batch_bytes)
+            .map_or((f64::NAN, f64::NAN), |r| (r.1, r.2))
+    }
+
+    fn row(&self, batch_bytes: usize, durability: Durability, queues: u32) -> Option<&Row> {
+        self.rows.iter().find(|r| {
+            r.batch_bytes == batch_bytes && r.durability == durability && r.queues == queues
+        })
+    }
+
+    /// The report as printed: one line per configuration, then the targets.
+    pub fn render(&self, plan: &Plan) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line(
+            &mut out,
+            format!(
+                "engine append: 1 KiB records, {} appenders, {} MiB per run, segments {} MiB, median of {}",
+                plan.appenders,
+                plan.bytes_per_run >> 20,
+                plan.segment_size_bytes >> 20,
+                plan.repetitions
+            ),
+        );
+        for (b, f, z) in &self.raw_mb_per_s {
+            line(
+                &mut out,
+                format!(
+                    "raw O_DIRECT {:>3} KiB x{RAW_IN_FLIGHT} in flight: fallocated {f:>6.0} MB/s, zero-filled {z:>6.0} MB/s",
+                    b >> 10
+                ),
+            );
+        }
+        let bare = self.bare_fsync;
+        line(
+            &mut out,
+            format!(
+                "bare 4 KiB write+fdatasync ({}): p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+                FsyncPattern::AppendPreallocated.name(),
+                bare.p50,
+                bare.p99,
+                bare.p999
+            ),
+        );
+        line(
+            &mut out,
+            "batch    durability queues    MB/s  /raw(falloc) /raw(zeroed)  p50/p99/p99.9 us"
+                .into(),
+        );
+        for r in &self.rows {
+            let (f, z) = self.raw_for(r.batch_bytes);
+            let lat = r.latency.map_or(String::new(), |l| {
+                format!("{:.0}/{:.0}/{:.0}", l.p50, l.p99, l.p999)
+            });
+            line(
+                &mut out,
+                format!(
+                    "{:>3} KiB  {:<10} {:>6}  {:>6.0}  {:>12.2} {:>12.2}  {lat}",
+                    r.batch_bytes >> 10,
+                    format!("{:?}", r.durability),
+                    r.queues,
+                    r.mb_per_s,
+                    r.mb_per_s / f,
+                    r.mb_per_s / z
+                ),
+            );
+        }
+        line(&mut out, "targets (ratio vs raw into a fallocated file, as the engine's segments are; zero-filled in brackets):".into());
+        for &b in &plan.batch_sizes {
+            let (f, z) = self.raw_for(b);
+            for &q in &plan.queue_counts {
+                if let Some(r) = self.row(b, Durability::Written, q) {
+                    line(
+                        &mut out,
+                        target(
+                            format!("{} KiB Written {q} queues >= 0.85 x raw", b >> 10),
+                            r.mb_per_s / f,
+                            r.mb_per_s / z,
+                            0.85,
+                        ),
+                    );
+                }
+            }
+            let one = self.row(b, Durability::Written, 1);
+            let many = self.row(b, Durability::Written, 10_000);
+            if let (Some(one), Some(many)) = (one, many) {
+                let ratio = many.mb_per_s / one.mb_per_s;
+                line(
+                    &mut out,
+                    target(
+                        format!("{} KiB Written 10000 queues >= 0.9 x 1 queue", b >> 10),
+                        ratio,
+                        ratio,
+                        0.9,
+                    ),
+                );
+            }
+            for &q in &plan.queue_counts {
+                if let Some(r) = self.row(b, Durability::Durable, q) {
+                    line(
+                        &mut out,
+                        target(
+                            format!("{} KiB Durable {q} queues >= 0.6 x raw", b >> 10),
+                            r.mb_per_s / f,
+                            r.mb_per_s / z,
+                            0.6,
+                        ),
+                    );
+                    if let Some(l) = r.latency {
+                        let ratio = bare.p99 / l.p99; // >= 1/3 means p99 <= 3 x bare
+                        line(
+                            &mut out,
+                            format!(
+                                "  {} KiB Durable {q} queues p99 {:.0} us = {:.2} x bare p99 (target <= 3): {}",
+                                b >> 10,
+                                l.p99,
+                                l.p99 / bare.p99,
+                                if ratio >= 1.0 / 3.0 { "MET" } else { "MISSED" }
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn target(what: String, ratio: f64, ratio_alt: f64, goal: f64) -> String {
+    let verdict = if ratio >= goal { "MET" } else { "MISSED" };
+    format!("  {what}: {ratio:.2} [{ratio_alt:.2}] {verdict}")
+}
+
+/// Runs the whole plan in `dir` (inside a glommio executor) and returns the medians.
+pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
+    let mut raw_mb_per_s = Vec::new();
+    let mut rows = Vec::new();
+    let mut bare_runs = Vec::new();
+    for &batch_bytes in &plan.batch_sizes {
+        let mut falloc = Vec::new();
+        let mut zeroed = Vec::new();
+        let pool = build_pool(batch_bytes);
+        let mut per_config: Vec<(Durability, u32, Vec<f64>, Vec<LatencyUs>)> = Vec::new();
+        for durability in [Durability::Written, Durability::Durable] {
+            for &q in &plan.queue_counts {
+                per_config.push((durability, q, Vec::new(), Vec::new()));
+            }
+        }
+        for _ in 0..plan.repetitions {
+            // Baselines and engine runs interleave, so they share the machine's mood.
+            falloc
+                .push(raw_mb(dir, batch_bytes, plan.bytes_per_run, FileLayout::Fallocated).await?);
+            zeroed.push(raw_mb(dir, batch_bytes, plan.bytes_per_run, FileLayout::Zeroed).await?);
+            let h = fsync::write_fdatasync_latency(
+                dir,
+                FsyncPattern::AppendPreallocated,
+                plan.bare_fsync_pairs,
+            )
+            .await
+            .map_err(|e| format!("bare fdatasync loop: {e}"))?;
+            bare_runs.push(LatencyUs::of(&h));
+            for (durability, q, mbs, lats) in per_config.iter_mut() {
+                let (t, h) = append_run(dir, plan, &pool, *durability, *q)
+                    .await
+                    .map_err(|e| {
+                        format!("engine run ({batch_bytes} B, {durability:?}, {q} queues): {e}")
+                    })?;
+                mbs.push(t.mb_per_s());
+                lats.push(LatencyUs::of(&h));
+            }
+        }
+        raw_mb_per_s.push((batch_bytes, median(&falloc), median(&zeroed)));
+        for (durability, queues, mbs, lats) in per_config {
+            let latency = (durability == Durability::Durable).then(|| LatencyUs::median_of(&lats));
+            rows.push(Row {
+                batch_bytes,
+                durability,
+                queues,
+                mb_per_s: median(&mbs),
+                latency,
+            });
+        }
+    }
+    Ok(Report {
+        raw_mb_per_s,
+        bare_fsync: LatencyUs::median_of(&bare_runs),
+        rows,
+    })
+}
+
+async fn raw_mb(
+    dir: &Path,
+    write_bytes: usize,
+    total_bytes: u64,
+    layout: FileLayout,
+) -> Result<f64, String> {
+    let spec = RawWriteSpec {
+        write_bytes,
+        total_bytes,
+        in_flight: RAW_IN_FLIGHT,
+        layout,
+    };
+    raw::sequential_write(dir, spec)
+        .await
+        .map(|t| t.mb_per_s())
+        .map_err(|e| format!("raw loop: {e}"))
+}
+
+/// Prebuilt batches of about `batch_bytes` made of ~1 KiB records.
+pub fn build_pool(batch_bytes: usize) -> Vec<Bytes> {
+    let records = (batch_bytes / 1024).max(1);
+    (0..BATCH_POOL)
+        .map(|i| {
+            let mut value = vec![0u8; RECORD_VALUE_BYTES];
+            crate::raw::fill_pattern(&mut value, i as u64 + 1);
+            let key = (i as u64).to_be_bytes();
+            let mut b = BatchBuilder::new(batch_bytes + 4096);
+            for r in 0..records {
+                b.push(&Record {
+                    key: Some(&key),
+                    value: Some(&value),
+                    headers: &[],
+                    timestamp_ms: 1_700_000_000_000 + r as i64,
+                });
+            }
+            Bytes::from(b.build(ProducerStamp::NONE, 0))
+        })
+        .collect()
+}
+
+/// One engine run on a fresh shard: `plan.appenders` tasks append until `bytes_per_run` bytes
+/// were claimed. Returns the throughput and every append's latency (us).
+pub async fn append_run(
+    dir: &Path,
+    plan: &Plan,
+    pool: &[Bytes],
+    durability: Durability,
+    queues: u32,
+) -> Result<(Throughput, Histogram<u64>), EngineError> {
+    let shard_dir = fresh_dir(dir);
+    let config = ShardConfig {
+        dir: shard_dir.clone(),
+        segment_size_bytes: plan.segment_size_bytes,
+        max_batch_bytes: MAX_BATCH_BYTES,
+        ..ShardConfig::default()
+    };
+    let shard = Shard::open(config).await?;
+    let claimed = Rc::new(Cell::new(0u64));
+    let next_append = Rc::new(Cell::new(0u64));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..plan.appenders)
+        .map(|_| {
+            let (shard, claimed, next_append) =
+                (shard.clone(), claimed.clone(), next_append.clone());
+            let pool = pool.to_vec();
+            let limit = plan.bytes_per_run;
+            glommio::spawn_local(async move {
+                let mut hist = latency_histogram();
+                while claimed.get() < limit {
+                    let n = next_append.get();
+                    next_append.set(n + 1);
+                    let batch = pool[(n % pool.len() as u64) as usize].clone();
+                    claimed.set(claimed.get() + batch.len() as u64);
+                    let queue = QueueId((n % u64::from(queues)) as u32);
+                    let t0 = Instant::now();
+                    shard.append(queue, batch, durability).await?;
+                    hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+                }
+                Ok::<_, EngineError>(hist)
+            })
+        })
+        .collect();
+    let mut hist = latency_histogram();
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(h) => hist.add(&h).expect("histograms share bounds"),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let elapsed: Duration = started.elapsed();
+    let closed = shard.close().await;
+    drop(shard);
+    let _ = std::fs::remove_dir_all(&shard_dir);
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    closed?;
+    Ok((
+        Throughput {
+            bytes: claimed.get(),
+            elapsed,
+        },
+        hist,
+    ))
+}
+
+fn fresh_dir(dir: &Path) -> PathBuf {
+    thread_local!(static RUN: Cell<u64> = const { Cell::new(0) });
+    let n = RUN.with(|r| {
+        r.set(r.get() + 1);
+        r.get()
+    });
+    dir.join(format!("shard-{}-{n}", std::process::id()))
+}

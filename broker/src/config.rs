@@ -1,0 +1,339 @@
+//! Broker configuration: command-line flags, environment variables (`RINGMQ_*`) and an
+//! optional TOML file. Precedence: flag or environment variable, then the file, then the
+//! built-in default.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Kafka's own default for `socket.request.max.bytes`.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 << 20;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_INFLIGHT_BYTES_PER_CONNECTION: usize = 128 << 20;
+pub const DEFAULT_MAX_INFLIGHT_REQUESTS_PER_CONNECTION: usize = 64;
+/// Largest fetch response one request may ask for (the client's `max_bytes` is capped to it).
+pub const DEFAULT_MAX_FETCH_RESPONSE_BYTES: usize = 64 << 20;
+
+/// The `ringmq` command line. Every flag can also be set with the environment variable shown,
+/// or in the TOML file given with `--config` (keys are the flag names with `_` for `-`).
+#[derive(Parser, Debug, Default, Clone)]
+#[command(
+    name = "ringmq",
+    version,
+    about = "A Kafka-compatible message broker, thread-per-core on io_uring"
+)]
+pub struct Cli {
+    /// TOML file with any of the settings below (flags and environment variables win).
+    #[arg(long, env = "RINGMQ_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port; the bound port is printed).
+    #[arg(long, env = "RINGMQ_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Host name given to clients in Metadata (default: the listen address's IP).
+    #[arg(long, env = "RINGMQ_ADVERTISED_HOST")]
+    pub advertised_host: Option<String>,
+    /// Port given to clients in Metadata (default: the bound port).
+    #[arg(long, env = "RINGMQ_ADVERTISED_PORT")]
+    pub advertised_port: Option<u16>,
+    /// Data directory (default ./ringmq-data).
+    #[arg(long, env = "RINGMQ_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards (executors pinned one per CPU; default: available CPUs).
+    #[arg(long, env = "RINGMQ_CORES")]
+    pub cores: Option<usize>,
+    /// Largest request frame accepted; larger frames close the connection.
+    #[arg(long, env = "RINGMQ_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Connections served at once, all cores together; more are closed at accept.
+    #[arg(long, env = "RINGMQ_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Bytes in flight per connection: request frames not yet answered plus the response
+    /// space reserved by fetches (back-pressure beyond it).
+    #[arg(long, env = "RINGMQ_MAX_INFLIGHT_BYTES_PER_CONNECTION")]
+    pub max_inflight_bytes_per_connection: Option<usize>,
+    /// Requests read but not yet answered, per connection.
+    #[arg(long, env = "RINGMQ_MAX_INFLIGHT_REQUESTS_PER_CONNECTION")]
+    pub max_inflight_requests_per_connection: Option<usize>,
+    /// Create unknown topics when clients ask for them in Metadata (true/false).
+    #[arg(long, env = "RINGMQ_AUTO_CREATE_TOPICS", action = clap::ArgAction::Set)]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of an auto-created topic (or CreateTopics with -1).
+    #[arg(long, env = "RINGMQ_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<i32>,
+    /// Size of each commit-log segment file (preallocated).
+    #[arg(long, env = "RINGMQ_SEGMENT_SIZE_BYTES")]
+    pub segment_size_bytes: Option<u64>,
+    /// Background flush interval: acks=1 data becomes durable within this time.
+    #[arg(long, env = "RINGMQ_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Delay before the first rebalance of a new consumer group (Kafka default 3000).
+    #[arg(long, env = "RINGMQ_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Smallest session timeout a group member may ask for.
+    #[arg(long, env = "RINGMQ_GROUP_MIN_SESSION_TIMEOUT_MS")]
+    pub group_min_session_timeout_ms: Option<i32>,
+    /// Largest session timeout a group member may ask for.
+    #[arg(long, env = "RINGMQ_GROUP_MAX_SESSION_TIMEOUT_MS")]
+    pub group_max_session_timeout_ms: Option<i32>,
+    /// Storage: `engine` (the durable commit log) or `memory` (test double; nothing persists).
+    #[arg(long, env = "RINGMQ_STORAGE")]
+    pub storage: Option<StorageKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    #[default]
+    Engine,
+    Memory,
+}
+
+/// The same settings as read from the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    advertised_host: Option<String>,
+    advertised_port: Option<u16>,
+    data_dir: Option<PathBuf>,
+    cores: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    max_inflight_bytes_per_connection: Option<usize>,
+    max_inflight_requests_per_connection: Option<usize>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<i32>,
+    segment_size_bytes: Option<u64>,
+    flush_interval_ms: Option<u64>,
+    group_initial_rebalance_delay_ms: Option<u64>,
+    group_min_session_timeout_ms: Option<i32>,
+    group_max_session_timeout_ms: Option<i32>,
+    storage: Option<StorageKind>,
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub advertised_host: Option<String>,
+    pub advertised_port: Option<u16>,
+    pub data_dir: PathBuf,
+    pub cores: usize,
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub max_inflight_bytes_per_connection: usize,
+    pub max_inflight_requests_per_connection: usize,
+    pub max_fetch_response_bytes: usize,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub segment_size_bytes: u64,
+    pub flush_interval_ms: Option<u64>,
+    pub group_initial_rebalance_delay_ms: u64,
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    pub storage: StorageKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid setting {name}: {why}")]
+    Invalid { name: &'static str, why: String },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_host: None,
+            advertised_port: None,
+            data_dir: PathBuf::from("ringmq-data"),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_inflight_bytes_per_connection: DEFAULT_MAX_INFLIGHT_BYTES_PER_CONNECTION,
+            max_inflight_requests_per_connection: DEFAULT_MAX_INFLIGHT_REQUESTS_PER_CONNECTION,
+            max_fetch_response_bytes: DEFAULT_MAX_FETCH_RESPONSE_BYTES,
+            auto_create_topics: true,
+            default_partitions: 1,
+            segment_size_bytes: 1 << 30,
+            flush_interval_ms: None,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            storage: StorageKind::Engine,
+        }
+    }
+}
+
+impl Config {
+    /// Merges flags/environment over the file over the defaults, and checks the result.
+    pub fn resolve(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let c = Config {
+            listen: cli.listen.or(file.listen).unwrap_or(d.listen),
+            advertised_host: cli.advertised_host.or(file.advertised_host),
+            advertised_port: cli.advertised_port.or(file.advertised_port),
+            data_dir: cli.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            cores: cli.cores.or(file.cores).unwrap_or(d.cores),
+            max_frame_bytes: cli
+                .max_frame_bytes
+                .or(file.max_frame_bytes)
+                .unwrap_or(d.max_frame_bytes),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            max_inflight_bytes_per_connection: cli
+                .max_inflight_bytes_per_connection
+                .or(file.max_inflight_bytes_per_connection)
+                .unwrap_or(d.max_inflight_bytes_per_connection),
+            max_inflight_requests_per_connection: cli
+                .max_inflight_requests_per_connection
+                .or(file.max_inflight_requests_per_connection)
+                .unwrap_or(d.max_inflight_requests_per_connection),
+            max_fetch_response_bytes: d.max_fetch_response_bytes,
+            auto_create_topics: cli
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(d.auto_create_topics),
+            default_partitions: cli
+                .default_partitions
+                .or(file.default_partitions)
+                .unwrap_or(d.default_partitions),
+            segment_size_bytes: cli
+                .segment_size_bytes
+                .or(file.segment_size_bytes)
+                .unwrap_or(d.segment_size_bytes),
+            flush_interval_ms: cli.flush_interval_ms.or(file.flush_interval_ms),
+            group_initial_rebalance_delay_ms: cli
+                .group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms)
+                .unwrap_or(d.group_initial_rebalance_delay_ms),
+            group_min_session_timeout_ms: cli
+                .group_min_session_timeout_ms
+                .or(file.group_min_session_timeout_ms)
+                .unwrap_or(d.group_min_session_timeout_ms),
+            group_max_session_timeout_ms: cli
+                .group_max_session_timeout_ms
+                .or(file.group_max_session_timeout_ms)
+                .unwrap_or(d.group_max_session_timeout_ms),
+            storage: cli.storage.or(file.storage).unwrap_or(d.storage),
+        };
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |name, why: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                why: why.to_owned(),
+            })
+        };
+        if self.cores == 0 || self.cores > MAX_CORES {
+            return bad("cores", &format!("must be 1..={MAX_CORES}"));
+        }
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > i32::MAX as usize {
+            return bad("max-frame-bytes", "must be 1 KiB..2 GiB");
+        }
+        if self.max_inflight_bytes_per_connection < self.max_frame_bytes.min(1 << 20) {
+            return bad(
+                "max-inflight-bytes-per-connection",
+                "must be at least 1 MiB or the frame limit",
+            );
+        }
+        if self.max_inflight_requests_per_connection == 0 || self.max_connections == 0 {
+            return bad("max-connections", "limits must be positive");
+        }
+        if self.default_partitions <= 0
+            || self.default_partitions > crate::metadata::MAX_PARTITIONS_PER_TOPIC
+        {
+            return bad(
+                "default-partitions",
+                "must be positive and within the per-topic limit",
+            );
+        }
+        Ok(())
+    }
+
+    /// Host advertised in Metadata/FindCoordinator.
+    pub fn advertised_host(&self, bound: SocketAddr) -> String {
+        self.advertised_host
+            .clone()
+            .unwrap_or_else(|| match bound.ip() {
+                ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                ip => ip.to_string(),
+            })
+    }
+}
+
+/// Upper bound on shards (and mesh peers).
+pub const MAX_CORES: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(
+            &path,
+            "default_partitions = 4\ncores = 3\nauto_create_topics = false\n",
+        )
+        .unwrap();
+        let cli =
+            Cli::try_parse_from(["ringmq", "--config", path.to_str().unwrap(), "--cores", "2"])
+                .unwrap();
+        let c = Config::resolve(cli).unwrap();
+        assert_eq!(
+            (c.cores, c.default_partitions, c.auto_create_topics),
+            (2, 4, false)
+        );
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 9092)));
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        let cli = Cli::try_parse_from(["ringmq", "--config", path.to_str().unwrap()]).unwrap();
+        assert!(matches!(
+            Config::resolve(cli),
+            Err(ConfigError::Parse { .. })
+        ));
+        let cli = Cli::try_parse_from(["ringmq", "--cores", "0"]).unwrap();
+        assert!(matches!(
+            Config::resolve(cli),
+            Err(ConfigError::Invalid { name: "cores", .. })
+        ));
+    }
+}

@@ -1,0 +1,248 @@
+//! One client connection, served on the core that accepted it.
+//!
+//! ```text
+//!  reader: size prefix ─ check vs --max-frame-bytes ─ take in-flight byte budget ─ read body
+//!          ─ decode ─ spawn handler task ─► [bounded queue: max in-flight requests]
+//!  writer: take the oldest pending handler, await it, write its response chunks, release its
+//!          budget                                   (responses leave in request order)
+//! ```
+//!
+//! Memory per connection is bounded by the in-flight byte budget (request frames held until
+//! answered) and the in-flight request count times the largest response (fetch responses are
+//! capped by the broker's fetch limit). A slow reader of responses stalls the writer, the queue
+//! fills, and the reader stops reading requests: back-pressure reaches the client's socket.
+//! Bad input ends the connection with a log line saying why; it never panics.
+
+use crate::api::{handle, unsupported_api_versions, ApiError, ConnInfo};
+use crate::core::Core;
+use crate::decode::{decode_request, DecodeError};
+use bytes::Bytes;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use glommio::channels::local_channel;
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use kafka_protocol::messages::ApiKey;
+use ringmq_wire::fetch::Chunks;
+use ringmq_wire::frame::{frame_len, SIZE_PREFIX_LEN};
+use std::rc::Rc;
+
+/// Socket read buffer per connection.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Socket write buffer per connection (larger chunks bypass it).
+const WRITE_BUFFER_BYTES: usize = 64 << 10;
+
+/// A response not yet written.
+enum Pending {
+    Task(
+        glommio::task::JoinHandle<Result<Option<Chunks>, ApiError>>,
+        glommio::sync::StaticPermit,
+        Option<glommio::sync::StaticPermit>,
+    ),
+    Ready(Bytes),
+}
+
+/// Serves `stream` until the client closes it, sends bad input, or shutdown begins.
+pub async fn serve(core: Rc<Core>, stream: TcpStream, conn: ConnInfo) {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = futures_lite::io::split(stream);
+    let (tx, rx) =
+        local_channel::new_bounded::<Pending>(core.config.max_inflight_requests_per_connection);
+    let budget = Rc::new(Semaphore::new(
+        core.config.max_inflight_bytes_per_connection as u64,
+    ));
+    let writer = glommio::spawn_local(write_loop(
+        rx,
+        BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr),
+        conn.clone(),
+    ));
+    let why = read_loop(
+        &core,
+        BufReader::with_capacity(READ_BUFFER_BYTES, rd),
+        &tx,
+        &budget,
+        &conn,
+    )
+    .await;
+    match &why {
+        Ended::Closed | Ended::Shutdown => {
+            tracing::debug!(conn = conn.id, peer = %conn.peer, "connection ended: {why:?}")
+        }
+        Ended::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            tracing::debug!(conn = conn.id, peer = %conn.peer, "connection ended: {why}")
+        }
+        _ => tracing::warn!(conn = conn.id, peer = %conn.peer, "closing connection: {why}"),
+    }
+    drop(tx);
+    writer.await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("client closed")]
+    Closed,
+    #[error("shutting down")]
+    Shutdown,
+    #[error("read failed: {0}")]
+    Io(std::io::Error),
+    #[error("bad frame: {0}")]
+    BadFrame(ringmq_wire::frame::FrameError),
+    #[error("bad request: {0}")]
+    BadRequest(DecodeError),
+    #[error("writer gone")]
+    WriterGone,
+}
+
+async fn read_loop<R: futures_lite::AsyncRead + Unpin>(
+    core: &Rc<Core>,
+    mut rd: R,
+    tx: &local_channel::LocalSender<Pending>,
+    budget: &Rc<Semaphore>,
+    conn: &ConnInfo,
+) -> Ended {
+    let max_frame = core.config.max_frame_bytes;
+    let max_budget = core.config.max_inflight_bytes_per_connection;
+    loop {
+        let mut prefix = [0u8; SIZE_PREFIX_LEN];
+        let read =
+            futures_lite::future::or(async { Some(rd.read_exact(&mut prefix).await) }, async {
+                core.stopped().await;
+                None
+            })
+            .await;
+        match read {
+            None => return Ended::Shutdown,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ended::Closed,
+            Some(Err(e)) => return Ended::Io(e),
+            Some(Ok(())) => {}
+        }
+        // The limit is checked before a single byte of the body is allocated.
+        let len = match frame_len(prefix, max_frame) {
+            Ok(len) => len,
+            Err(e) => return Ended::BadFrame(e),
+        };
+        let permit = match budget
+            .acquire_static_permit(len.clamp(1, max_budget) as u64)
+            .await
+        {
+            Ok(p) => p,
+            Err(_) => return Ended::WriterGone,
+        };
+        let mut body = vec![0u8; len];
+        if let Err(e) = rd.read_exact(&mut body).await {
+            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Ended::Closed
+            } else {
+                Ended::Io(e)
+            };
+        }
+        let pending = match decode_request(Bytes::from(body)) {
+            Ok(mut req) => {
+                // A fetch's response is reserved against the same budget, in request order
+                // (so reservations never wait on later requests), and its size capped to it.
+                let reserved = reserve_response(
+                    core,
+                    &mut req,
+                    max_budget.saturating_sub(len.clamp(1, max_budget)),
+                );
+                let response_permit = if reserved > 0 {
+                    match budget.acquire_static_permit(reserved as u64).await {
+                        Ok(p) => Some(p),
+                        Err(_) => return Ended::WriterGone,
+                    }
+                } else {
+                    None
+                };
+                let task = glommio::spawn_local(handle(core.clone(), req, conn.clone())).detach();
+                Pending::Task(task, permit, response_permit)
+            }
+            Err(DecodeError::UnsupportedVersion {
+                api_key: ApiKey::ApiVersions,
+                correlation_id,
+                ..
+            }) => Pending::Ready(unsupported_api_versions(correlation_id)),
+            Err(e) => return Ended::BadRequest(e),
+        };
+        if tx.send(pending).await.is_err() {
+            return Ended::WriterGone;
+        }
+    }
+}
+
+async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
+    rx: local_channel::LocalReceiver<Pending>,
+    mut wr: BufWriter<W>,
+    conn: ConnInfo,
+) {
+    loop {
+        // Flush only when no further response is queued, so pipelined responses share writes.
+        let next = match futures_lite::future::poll_once(rx.recv()).await {
+            Some(next) => next,
+            None => {
+                if let Err(e) = wr.flush().await {
+                    tracing::debug!(conn = conn.id, "flush failed: {e}");
+                    return;
+                }
+                rx.recv().await
+            }
+        };
+        let Some(pending) = next else { break };
+        let chunks = match pending {
+            Pending::Ready(b) => Chunks { parts: vec![b] },
+            Pending::Task(task, permit, response_permit) => {
+                let out = task.await;
+                drop(permit);
+                drop(response_permit);
+                match out {
+                    Some(Ok(Some(chunks))) => chunks,
+                    Some(Ok(None)) => continue,
+                    Some(Err(e)) => {
+                        tracing::warn!(conn = conn.id, peer = %conn.peer, "closing connection: {e}");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(conn = conn.id, "request handler was cancelled");
+                        break;
+                    }
+                }
+            }
+        };
+        for part in &chunks.parts {
+            if let Err(e) = wr.write_all(part).await {
+                tracing::debug!(conn = conn.id, "write failed: {e}");
+                return;
+            }
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.close().await;
+}
+
+/// Bytes of response to reserve for `req` (fetch only), at most `room`; caps the fetch's
+/// `max_bytes` to what was reserved.
+fn reserve_response(core: &Core, req: &mut crate::decode::Decoded, room: usize) -> usize {
+    let crate::decode::Request::Fetch(fetch) = &mut req.body else {
+        return 0;
+    };
+    let asked = usize::try_from(fetch.max_bytes)
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or(usize::MAX);
+    let limit = asked
+        .min(core.config.max_fetch_response_bytes)
+        .min(core.config.max_inflight_bytes_per_connection / 2)
+        .min(room)
+        .max(1);
+    fetch.max_bytes = limit as i32;
+    // With no room left (the request frame itself filled the budget) nothing is reserved: the
+    // fetch still returns its first batch, but reserving would wait on this very request.
+    if room == 0 {
+        0
+    } else {
+        limit
+    }
+}

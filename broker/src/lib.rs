@@ -1,0 +1,29 @@
+//! The ringmq broker: the Kafka wire protocol on thread-per-core shards.
+//!
+//! ```text
+//!  server   executors, listeners, start-up and shutdown
+//!  conn     one connection: framing, limits, pipelining, response order
+//!  decode   frame → request (the fuzzed entry point)        alloc: the huge-allocation guard
+//!  api      dispatch; produce / fetch / offsets / admin / groups: the handlers
+//!  core     one core's state; mesh: cross-core calls        metadata: topics, the one writer
+//!  store    the engine shard (or an in-memory double)       config: flags, env, TOML
+//! ```
+
+pub mod admin;
+pub mod alloc;
+pub mod api;
+pub mod config;
+pub mod conn;
+pub mod core;
+pub mod decode;
+pub mod errors;
+pub mod fetch;
+pub mod group;
+pub mod groups;
+pub mod mesh;
+pub mod metadata;
+pub mod offsets;
+pub mod produce;
+pub mod server;
+pub mod store;
+pub mod versions;

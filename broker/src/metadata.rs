@@ -1,0 +1,446 @@
+//! Cluster metadata: topics, their partitions' places (owning core + engine queue id), topic
+//! ids, configs, and producer-id allocation.
+//!
+//! Durability contract: every change is a [`MetaEvent`] appended (JSON, one record per event,
+//! all events of one change in one RecordBatch) to the internal queue [`META_QUEUE`] of core 0
+//! with `Durability::Durable` BEFORE it is installed or acknowledged. At startup core 0 replays
+//! the queue from its start; a change whose batch was torn by a crash was never acknowledged
+//! and is gone as a whole. Only core 0 writes; the other cores receive whole [`Snapshot`]s,
+//! versioned, and install a snapshot only if it is newer than theirs, so reordering on the way
+//! cannot move a core backwards.
+//!
+//! Queue ids are never reused: a deleted topic's queues stay deleted in the engine, and the
+//! per-core counter is rebuilt from every `TopicCreated`/`PartitionsAdded` ever logged.
+
+use ringmq_engine::QueueId;
+use ringmq_wire::record_batch::{validate, BatchBuilder, ProducerStamp, Record};
+use ringmq_wire::varint::get_varint;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Partitions one topic may have (a named limit on CreateTopics / CreatePartitions).
+pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
+/// Kafka's topic name limit.
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// Internal queue of core 0 holding the metadata events.
+pub const META_QUEUE: QueueId = QueueId(u32::MAX - 1);
+/// Internal queue of every core holding its consumer groups' log.
+pub const GROUP_QUEUE: QueueId = QueueId(u32::MAX - 2);
+/// User queue ids stay below this.
+pub const MAX_USER_QUEUE_ID: u32 = u32::MAX - 16;
+
+/// Where a partition lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    pub core: u32,
+    pub queue: u32,
+}
+
+impl Place {
+    pub fn queue_id(&self) -> QueueId {
+        QueueId(self.queue)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    /// UUID v4, hyphenated in the log.
+    #[serde(with = "uuid_text")]
+    pub id: [u8; 16],
+    pub partitions: Vec<Place>,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// One durable metadata change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum MetaEvent {
+    /// First event of a new data directory.
+    Init {
+        cluster_id: String,
+        shards: u32,
+    },
+    TopicCreated {
+        topic: TopicMeta,
+    },
+    PartitionsAdded {
+        name: String,
+        added: Vec<Place>,
+    },
+    TopicDeleted {
+        name: String,
+    },
+    /// A producer id handed out by InitProducerId (never handed out again).
+    ProducerIdAllocated {
+        id: i64,
+        epoch: i16,
+        transactional_id: Option<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MetaError {
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("metadata log record is not valid: {0}")]
+    BadRecord(String),
+    #[error("data directory has {stored} shards, configured {configured}")]
+    ShardCount { stored: u32, configured: u32 },
+}
+
+/// The whole metadata at one version. Immutable once published; cores share it by `Arc`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub version: u64,
+    pub cluster_id: String,
+    pub shards: u32,
+    pub topics: BTreeMap<String, Arc<TopicMeta>>,
+    pub by_id: HashMap<[u8; 16], String>,
+    /// Next queue id to hand out, per core (never reused).
+    pub next_queue: Vec<u32>,
+    pub next_producer_id: i64,
+    pub transactional: HashMap<String, (i64, i16)>,
+}
+
+impl Snapshot {
+    pub fn new(shards: u32) -> Snapshot {
+        Snapshot {
+            shards,
+            next_queue: vec![0; shards as usize],
+            ..Default::default()
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: &[u8; 16]) -> Option<&Arc<TopicMeta>> {
+        self.by_id.get(id).and_then(|n| self.topics.get(n))
+    }
+
+    pub fn place(&self, topic: &str, partition: i32) -> Option<Place> {
+        let t = self.topics.get(topic)?;
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| t.partitions.get(p).copied())
+    }
+
+    /// Applies one event (validated against the current state).
+    pub fn apply(&mut self, ev: &MetaEvent) -> Result<(), MetaError> {
+        match ev {
+            MetaEvent::Init { cluster_id, shards } => {
+                if *shards != self.shards {
+                    return Err(MetaError::ShardCount {
+                        stored: *shards,
+                        configured: self.shards,
+                    });
+                }
+                self.cluster_id = cluster_id.clone();
+            }
+            MetaEvent::TopicCreated { topic } => {
+                if self.topics.contains_key(&topic.name) {
+                    return Err(MetaError::TopicExists(topic.name.clone()));
+                }
+                self.note_places(&topic.partitions)?;
+                self.by_id.insert(topic.id, topic.name.clone());
+                self.topics
+                    .insert(topic.name.clone(), Arc::new(topic.clone()));
+            }
+            MetaEvent::PartitionsAdded { name, added } => {
+                self.note_places(added)?;
+                let t = self
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
+                Arc::make_mut(t).partitions.extend_from_slice(added);
+            }
+            MetaEvent::TopicDeleted { name } => {
+                let t = self
+                    .topics
+                    .remove(name)
+                    .ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
+                self.by_id.remove(&t.id);
+            }
+            MetaEvent::ProducerIdAllocated {
+                id,
+                epoch,
+                transactional_id,
+            } => {
+                self.next_producer_id = self.next_producer_id.max(id + 1);
+                if let Some(tid) = transactional_id {
+                    self.transactional.insert(tid.clone(), (*id, *epoch));
+                }
+            }
+        }
+        self.version += 1;
+        Ok(())
+    }
+
+    fn note_places(&mut self, places: &[Place]) -> Result<(), MetaError> {
+        for p in places {
+            let next = self
+                .next_queue
+                .get_mut(p.core as usize)
+                .ok_or_else(|| MetaError::BadRecord(format!("core {} out of range", p.core)))?;
+            *next = (*next).max(p.queue + 1);
+        }
+        Ok(())
+    }
+
+    /// Places for `n` new partitions, each on the core that owns the fewest partitions now
+    /// (ties to the lowest core), with fresh queue ids.
+    pub fn assign(&self, n: usize) -> Vec<Place> {
+        let shards = self.shards.max(1) as usize;
+        let mut load = vec![0usize; shards];
+        for t in self.topics.values() {
+            for p in &t.partitions {
+                if let Some(l) = load.get_mut(p.core as usize) {
+                    *l += 1;
+                }
+            }
+        }
+        let mut next = self.next_queue.clone();
+        next.resize(shards, 0);
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let core = (0..shards).min_by_key(|&c| (load[c], c)).unwrap_or(0);
+            load[core] += 1;
+            out.push(Place {
+                core: core as u32,
+                queue: next[core],
+            });
+            next[core] += 1;
+        }
+        out
+    }
+
+    /// Partition count per core (for logs and tests).
+    pub fn load(&self) -> Vec<usize> {
+        let mut load = vec![0usize; self.shards as usize];
+        for p in self.topics.values().flat_map(|t| t.partitions.iter()) {
+            if let Some(l) = load.get_mut(p.core as usize) {
+                *l += 1;
+            }
+        }
+        load
+    }
+}
+
+/// Encodes a change as one RecordBatch: one record per event, the event's JSON as the value.
+pub fn encode_events(events: &[MetaEvent]) -> Vec<u8> {
+    let values: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).expect("metadata events always serialize"))
+        .collect();
+    let mut b = BatchBuilder::new(values.iter().map(Vec::len).sum::<usize>() + 128);
+    let now = crate::store::now_ms();
+    for v in &values {
+        b.push(&Record {
+            key: None,
+            value: Some(v),
+            headers: &[],
+            timestamp_ms: now,
+        });
+    }
+    b.build(ProducerStamp::NONE, 0)
+}
+
+/// Decodes the events of one stored batch.
+pub fn decode_events(batch: &[u8]) -> Result<Vec<MetaEvent>, MetaError> {
+    record_values(batch)?
+        .into_iter()
+        .map(|v| serde_json::from_slice(v).map_err(|e| MetaError::BadRecord(e.to_string())))
+        .collect()
+}
+
+/// The values of the records of an uncompressed batch (internal queues are never compressed).
+pub fn record_values(batch: &[u8]) -> Result<Vec<&[u8]>, MetaError> {
+    let bad = |why: &str| MetaError::BadRecord(why.to_owned());
+    let header = validate(batch).map_err(|e| MetaError::BadRecord(e.to_string()))?;
+    if header.attributes & 0x7 != 0 {
+        return Err(bad("internal batch is compressed"));
+    }
+    let mut pos = ringmq_wire::record_batch::HEADER_LEN;
+    let end = header.total_len();
+    let mut out = Vec::new();
+    for _ in 0..header.record_count {
+        let take_varint = |pos: &mut usize| -> Result<i64, MetaError> {
+            let (v, n) = get_varint(
+                batch
+                    .get(*pos..end)
+                    .ok_or_else(|| bad("record past batch end"))?,
+            )
+            .map_err(|_| bad("bad varint"))?;
+            *pos += n;
+            Ok(v)
+        };
+        let len = take_varint(&mut pos)?;
+        let record_end = pos
+            .checked_add(usize::try_from(len).map_err(|_| bad("negative record length"))?)
+            .filter(|&e| e <= end)
+            .ok_or_else(|| bad("record past batch end"))?;
+        pos += 1; // attributes
+        take_varint(&mut pos)?; // timestamp delta
+        take_varint(&mut pos)?; // offset delta
+        let key_len = take_varint(&mut pos)?;
+        if key_len > 0 {
+            pos = pos
+                .checked_add(key_len as usize)
+                .filter(|&p| p <= record_end)
+                .ok_or_else(|| bad("key past record end"))?;
+        }
+        let value_len = take_varint(&mut pos)?;
+        let value_len = usize::try_from(value_len).map_err(|_| bad("null value"))?;
+        let value_end = pos.checked_add(value_len).filter(|&e| e <= record_end);
+        let value = value_end
+            .and_then(|e| batch.get(pos..e))
+            .ok_or_else(|| bad("value past record end"))?;
+        out.push(value);
+        pos = record_end;
+    }
+    Ok(out)
+}
+
+/// A topic name Kafka would accept.
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOPIC_NAME_LEN
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+}
+
+pub fn new_topic_id() -> [u8; 16] {
+    *uuid::Uuid::new_v4().as_bytes()
+}
+
+/// Default configs reported for every topic (DescribeConfigs).
+pub fn default_topic_configs() -> BTreeMap<String, String> {
+    [
+        ("cleanup.policy", "delete"),
+        ("compression.type", "producer"),
+        ("message.timestamp.type", "CreateTime"),
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+        ("max.message.bytes", "8388608"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+mod uuid_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&uuid::Uuid::from_bytes(*id).hyphenated().to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {
+        let text = String::deserialize(d)?;
+        uuid::Uuid::parse_str(&text)
+            .map(|u| *u.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str, places: Vec<Place>) -> MetaEvent {
+        MetaEvent::TopicCreated {
+            topic: TopicMeta {
+                name: name.into(),
+                id: new_topic_id(),
+                partitions: places,
+                configs: BTreeMap::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_a_batch() {
+        let evs = vec![
+            MetaEvent::Init {
+                cluster_id: "c".into(),
+                shards: 2,
+            },
+            topic("a", vec![Place { core: 1, queue: 0 }]),
+            MetaEvent::ProducerIdAllocated {
+                id: 7,
+                epoch: 0,
+                transactional_id: None,
+            },
+        ];
+        let batch = encode_events(&evs);
+        assert_eq!(decode_events(&batch).unwrap(), evs);
+        let mut bad = batch.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(decode_events(&bad).is_err());
+        for cut in [0, 30, batch.len() - 1] {
+            assert!(decode_events(&batch[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn assignment_balances_and_never_reuses_queue_ids() {
+        let mut s = Snapshot::new(2);
+        let places = s.assign(3);
+        assert_eq!(
+            places,
+            vec![
+                Place { core: 0, queue: 0 },
+                Place { core: 1, queue: 0 },
+                Place { core: 0, queue: 1 }
+            ]
+        );
+        s.apply(&topic("a", places)).unwrap();
+        let more = s.assign(1);
+        assert_eq!(more, vec![Place { core: 1, queue: 1 }]);
+        s.apply(&MetaEvent::TopicDeleted { name: "a".into() })
+            .unwrap();
+        let after_delete = s.assign(2);
+        assert_eq!(
+            after_delete,
+            vec![Place { core: 0, queue: 2 }, Place { core: 1, queue: 1 }]
+        );
+        assert_eq!(s.load(), vec![0, 0]);
+    }
+
+    #[test]
+    fn replay_rejects_duplicates_and_shard_mismatch() {
+        let mut s = Snapshot::new(2);
+        s.apply(&topic("a", vec![])).unwrap();
+        assert_eq!(
+            s.apply(&topic("a", vec![])),
+            Err(MetaError::TopicExists("a".into()))
+        );
+        assert!(matches!(
+            s.apply(&MetaEvent::Init {
+                cluster_id: "x".into(),
+                shards: 3
+            }),
+            Err(MetaError::ShardCount {
+                stored: 3,
+                configured: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(valid_topic_name("orders.v1_x-y"));
+        for bad in ["", ".", "..", "a b", "a/b", &"x".repeat(250)] {
+            assert!(!valid_topic_name(bad), "{bad}");
+        }
+    }
+}

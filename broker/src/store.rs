@@ -1,0 +1,220 @@
+//! The storage one core's handlers call: the engine [`Shard`], or an in-memory double
+//! (`--storage memory`) that keeps nothing across restarts and exists so the protocol layer
+//! can be tested without disks. The double follows the engine's contract (offsets, whole
+//! batches containing `from`, at least one batch, errors) but not its durability.
+
+use bytes::{Bytes, BytesMut};
+use ringmq_engine::{
+    Appended, Durability, EngineError, Offset, ProducerBatch, QueueId, ReadResult, Shard,
+};
+use ringmq_wire::record_batch::{set_base_offset, validate};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Largest batch the in-memory double accepts (the engine's default).
+const MEMORY_MAX_BATCH_BYTES: usize = 8 << 20;
+
+pub enum Store {
+    Engine(Rc<Shard>),
+    Memory(Rc<MemStore>),
+}
+
+impl Store {
+    pub async fn append(
+        &self,
+        q: QueueId,
+        batch: Bytes,
+        d: Durability,
+    ) -> Result<Appended, EngineError> {
+        match self {
+            Store::Engine(s) => s.append(q, batch, d).await,
+            Store::Memory(m) => m.append(q, batch),
+        }
+    }
+
+    pub async fn read(
+        &self,
+        q: QueueId,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadResult, EngineError> {
+        match self {
+            Store::Engine(s) => s.read(q, from, max_bytes).await,
+            Store::Memory(m) => m.read(q, from, max_bytes),
+        }
+    }
+
+    pub fn end_offset(&self, q: QueueId) -> Offset {
+        match self {
+            Store::Engine(s) => s.end_offset(q),
+            Store::Memory(m) => m.queue(q, |mq| Offset(mq.end)),
+        }
+    }
+
+    pub fn log_start_offset(&self, q: QueueId) -> Offset {
+        match self {
+            Store::Engine(s) => s.log_start_offset(q),
+            Store::Memory(_) => Offset(0),
+        }
+    }
+
+    pub async fn offset_for_timestamp(
+        &self,
+        q: QueueId,
+        ts_ms: i64,
+    ) -> Result<Option<(Offset, i64)>, EngineError> {
+        match self {
+            Store::Engine(s) => s.offset_for_timestamp(q, ts_ms).await,
+            Store::Memory(m) => Ok(m.queue(q, |mq| {
+                mq.batches
+                    .iter()
+                    .find(|b| b.max_ts >= ts_ms)
+                    .map(|b| (Offset(b.base), b.max_ts))
+            })),
+        }
+    }
+
+    pub async fn delete_queue(&self, q: QueueId) -> Result<(), EngineError> {
+        match self {
+            Store::Engine(s) => s.delete_queue(q).await,
+            Store::Memory(m) => {
+                m.queues.borrow_mut().entry(q).or_default().deleted = true;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn producer_batches(&self, q: QueueId, producer_id: i64) -> Vec<ProducerBatch> {
+        match self {
+            Store::Engine(s) => s.producer_batches(q, producer_id),
+            Store::Memory(_) => Vec::new(),
+        }
+    }
+
+    pub fn max_producer_id(&self) -> Option<i64> {
+        match self {
+            Store::Engine(s) => s.max_producer_id(),
+            Store::Memory(_) => None,
+        }
+    }
+
+    pub async fn close(&self) -> Result<(), EngineError> {
+        match self {
+            Store::Engine(s) => s.close().await,
+            Store::Memory(_) => Ok(()),
+        }
+    }
+}
+
+struct MemBatch {
+    base: u64,
+    max_ts: i64,
+    bytes: Bytes,
+}
+
+#[derive(Default)]
+struct MemQueue {
+    batches: Vec<MemBatch>,
+    end: u64,
+    deleted: bool,
+}
+
+/// In-memory test double of the engine shard.
+#[derive(Default)]
+pub struct MemStore {
+    queues: RefCell<HashMap<QueueId, MemQueue>>,
+}
+
+impl MemStore {
+    fn queue<R>(&self, q: QueueId, f: impl FnOnce(&MemQueue) -> R) -> R {
+        let map = self.queues.borrow();
+        match map.get(&q) {
+            Some(mq) => f(mq),
+            None => f(&MemQueue::default()),
+        }
+    }
+
+    fn append(&self, q: QueueId, batch: Bytes) -> Result<Appended, EngineError> {
+        if batch.len() > MEMORY_MAX_BATCH_BYTES {
+            return Err(EngineError::BatchTooLarge {
+                len: batch.len(),
+                max: MEMORY_MAX_BATCH_BYTES as u32,
+            });
+        }
+        let header = validate(&batch).map_err(EngineError::CorruptBatch)?;
+        let mut map = self.queues.borrow_mut();
+        let mq = map.entry(q).or_default();
+        if mq.deleted {
+            return Err(EngineError::QueueDeleted(q));
+        }
+        let base = mq.end;
+        let mut owned = BytesMut::from(&batch[..header.total_len()]);
+        set_base_offset(&mut owned, base as i64);
+        let last = base + header.last_offset_delta as u64;
+        mq.batches.push(MemBatch {
+            base,
+            max_ts: header.max_timestamp,
+            bytes: owned.freeze(),
+        });
+        mq.end = last + 1;
+        Ok(Appended {
+            base_offset: Offset(base),
+            last_offset: Offset(last),
+            log_append_time_ms: now_ms(),
+        })
+    }
+
+    fn read(&self, q: QueueId, from: Offset, max_bytes: usize) -> Result<ReadResult, EngineError> {
+        let map = self.queues.borrow();
+        let empty = MemQueue::default();
+        let mq = map.get(&q).unwrap_or(&empty);
+        if mq.deleted {
+            return Err(EngineError::QueueDeleted(q));
+        }
+        if from.0 > mq.end {
+            return Err(EngineError::OffsetOutOfRange {
+                queue: q,
+                requested: from,
+                log_start: Offset(0),
+                end: Offset(mq.end),
+            });
+        }
+        // The batch containing `from`: the last one whose base is <= from.
+        let first = mq
+            .batches
+            .partition_point(|b| b.base <= from.0)
+            .saturating_sub(1);
+        let mut batches = Vec::new();
+        let mut total = 0usize;
+        for b in mq.batches.iter().skip(first) {
+            let ends_after = b.base + batch_records(&b.bytes) > from.0;
+            if !ends_after {
+                continue;
+            }
+            if !batches.is_empty() && total + b.bytes.len() > max_bytes {
+                break;
+            }
+            total += b.bytes.len();
+            batches.push(b.bytes.clone());
+        }
+        Ok(ReadResult {
+            batches,
+            end_offset: Offset(mq.end),
+            log_start_offset: Offset(0),
+        })
+    }
+}
+
+fn batch_records(b: &[u8]) -> u64 {
+    ringmq_wire::record_batch::BatchHeader::parse(b)
+        .map(|h| h.last_offset_delta as u64 + 1)
+        .unwrap_or(1)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

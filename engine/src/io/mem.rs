@@ -1,0 +1,425 @@
+//! In-memory fault-injecting [`Storage`] double.
+//!
+//! Each file keeps two images: `current` (what reads see) and `durable` (what survives a
+//! crash). A completed `fdatasync` copies `current` to `durable`. [`MemStorage::crash`] throws
+//! away everything not synced, optionally keeping a torn prefix or an arbitrary subset of the
+//! unsynced writes (writes in flight may land in any order), and invalidates every handle
+//! opened before it, so a shard that "died" cannot write any more.
+//!
+//! Faults: [`MemStorage::fail_write_in`] / [`MemStorage::fail_fsync_in`] make the n-th next
+//! write or fdatasync return EIO. Directory operations (create, remove, rename) are durable
+//! immediately: a simplification that errs towards the real filesystem's behaviour after a
+//! directory sync.
+
+use super::{FileKind, IoBuf, IoFuture, Storage, StorageFile, BLOCK_BYTES};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// What a crash keeps of the writes issued since each file's last fdatasync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Only synced data survives.
+    DropUnsynced,
+    /// The first `bytes` bytes of the unsynced writes survive, in issue order (the last one
+    /// kept may be torn).
+    KeepPrefix { bytes: u64 },
+    /// Unsynced write number `i` (in issue order, per file) survives iff bit `i % 64` is set:
+    /// models writes in flight landing out of order.
+    KeepWrites { mask: u64 },
+}
+
+#[derive(Default)]
+struct MemFile {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    /// (position, bytes) of each write since the last fdatasync, in issue order.
+    unsynced: Vec<(u64, Vec<u8>)>,
+    modified_ms: i64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Directory entries: name -> file id (a handle follows its file across renames).
+    names: HashMap<PathBuf, u64>,
+    files: HashMap<u64, MemFile>,
+    next_id: u64,
+    generation: u64,
+    fail_write_in: Option<u64>,
+    fail_fsync_in: Option<u64>,
+    writes: u64,
+    fsyncs: u64,
+    prefers_written_extents: bool,
+}
+
+/// Shared handle on an in-memory filesystem; clones see the same files.
+#[derive(Clone, Default)]
+pub struct MemStorage {
+    state: Rc<RefCell<State>>,
+}
+
+struct MemHandle {
+    state: Rc<RefCell<State>>,
+    id: u64,
+    path: PathBuf,
+    kind: FileKind,
+    generation: u64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn eio(what: &str) -> io::Error {
+    io::Error::other(format!("injected fault: {what}"))
+}
+
+fn write_into(buf: &mut Vec<u8>, pos: u64, data: &[u8]) {
+    let end = pos as usize + data.len();
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    buf[pos as usize..end].copy_from_slice(data);
+}
+
+impl MemStorage {
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// The `n`-th next write (0 = the very next one) fails with an I/O error.
+    pub fn fail_write_in(&self, n: u64) {
+        self.state.borrow_mut().fail_write_in = Some(n);
+    }
+
+    /// The `n`-th next fdatasync (0 = the very next one) fails with an I/O error.
+    pub fn fail_fsync_in(&self, n: u64) {
+        self.state.borrow_mut().fail_fsync_in = Some(n);
+    }
+
+    /// Makes the shard zero-fill its next segment ahead of time, as on ext4.
+    pub fn set_prefers_written_extents(&self, yes: bool) {
+        self.state.borrow_mut().prefers_written_extents = yes;
+    }
+
+    /// Writes completed so far (all files).
+    pub fn write_count(&self) -> u64 {
+        self.state.borrow().writes
+    }
+
+    /// fdatasyncs completed so far (all files).
+    pub fn fsync_count(&self) -> u64 {
+        self.state.borrow().fsyncs
+    }
+
+    /// Simulates power loss: every file reverts to its durable image plus what `mode` keeps of
+    /// its unsynced writes, and every handle opened before the crash fails from now on.
+    pub fn crash(&self, mode: CrashMode) {
+        let mut st = self.state.borrow_mut();
+        st.generation += 1;
+        st.fail_write_in = None;
+        st.fail_fsync_in = None;
+        for f in st.files.values_mut() {
+            let mut img = f.durable.clone();
+            let mut budget = match mode {
+                CrashMode::KeepPrefix { bytes } => bytes,
+                _ => 0,
+            };
+            for (i, (pos, data)) in f.unsynced.iter().enumerate() {
+                match mode {
+                    CrashMode::DropUnsynced => {}
+                    CrashMode::KeepPrefix { .. } => {
+                        let n = (data.len() as u64).min(budget);
+                        write_into(&mut img, *pos, &data[..n as usize]);
+                        budget -= n;
+                    }
+                    CrashMode::KeepWrites { mask } => {
+                        if mask & (1 << (i % 64)) != 0 {
+                            write_into(&mut img, *pos, data);
+                        }
+                    }
+                }
+            }
+            // A preallocated size survives even if the data did not.
+            if img.len() < f.current.len() {
+                img.resize(f.current.len(), 0);
+            }
+            f.current = img.clone();
+            f.durable = img;
+            f.unsynced.clear();
+        }
+    }
+
+    /// Flips one bit of a file's current and durable images (corruption tests).
+    pub fn flip_bit(&self, path: &std::path::Path, byte: u64, bit: u8) -> bool {
+        let mut st = self.state.borrow_mut();
+        let id = st.names.get(path).copied();
+        match id.and_then(|id| st.files.get_mut(&id)) {
+            Some(f) if (byte as usize) < f.current.len() => {
+                f.current[byte as usize] ^= 1 << (bit % 8);
+                if (byte as usize) < f.durable.len() {
+                    f.durable[byte as usize] ^= 1 << (bit % 8);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sets a file's modification time (retention-by-age tests).
+    pub fn set_modified_ms(&self, path: &std::path::Path, ms: i64) {
+        let mut st = self.state.borrow_mut();
+        if let Some(id) = st.names.get(path).copied() {
+            if let Some(f) = st.files.get_mut(&id) {
+                f.modified_ms = ms;
+            }
+        }
+    }
+
+    /// Paths of all files, sorted.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.state.borrow().names.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A copy of a file's current contents.
+    pub fn contents(&self, path: &std::path::Path) -> Option<Vec<u8>> {
+        let st = self.state.borrow();
+        st.names
+            .get(path)
+            .and_then(|id| st.files.get(id))
+            .map(|f| f.current.clone())
+    }
+}
+
+impl Storage for MemStorage {
+    fn prefers_written_extents(&self) -> bool {
+        self.state.borrow().prefers_written_extents
+    }
+
+    fn alloc(&self, len: usize) -> IoBuf {
+        IoBuf::Heap(vec![0; len])
+    }
+
+    fn open(
+        &self,
+        path: PathBuf,
+        kind: FileKind,
+        create: bool,
+    ) -> IoFuture<'_, Rc<dyn StorageFile>> {
+        Box::pin(async move {
+            let mut st = self.state.borrow_mut();
+            let id = match st.names.get(&path).copied() {
+                Some(id) => id,
+                None if create => {
+                    let id = st.next_id;
+                    st.next_id += 1;
+                    st.names.insert(path.clone(), id);
+                    st.files.insert(
+                        id,
+                        MemFile {
+                            modified_ms: now_ms(),
+                            ..MemFile::default()
+                        },
+                    );
+                    id
+                }
+                None => return Err(io::Error::new(io::ErrorKind::NotFound, "no such file")),
+            };
+            let generation = st.generation;
+            Ok(Rc::new(MemHandle {
+                state: self.state.clone(),
+                id,
+                path,
+                kind,
+                generation,
+            }) as Rc<dyn StorageFile>)
+        })
+    }
+
+    fn remove(&self, path: PathBuf) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            let mut st = self.state.borrow_mut();
+            match st.names.remove(&path) {
+                Some(id) => {
+                    st.files.remove(&id);
+                    Ok(())
+                }
+                None => Err(io::Error::new(io::ErrorKind::NotFound, "no such file")),
+            }
+        })
+    }
+
+    fn rename(&self, from: PathBuf, to: PathBuf) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            let mut st = self.state.borrow_mut();
+            let id = st
+                .names
+                .remove(&from)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
+            if let Some(old) = st.names.insert(to, id) {
+                st.files.remove(&old);
+            }
+            Ok(())
+        })
+    }
+
+    fn sync_dir(&self, _dir: PathBuf) -> IoFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn create_dir_all(&self, _dir: PathBuf) -> IoFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn list_dir(&self, dir: PathBuf) -> IoFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let st = self.state.borrow();
+            Ok(st
+                .names
+                .keys()
+                .filter(|p| p.parent() == Some(dir.as_path()))
+                .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+                .collect())
+        })
+    }
+
+    fn modified_ms(&self, path: PathBuf) -> IoFuture<'_, i64> {
+        Box::pin(async move {
+            let st = self.state.borrow();
+            st.names
+                .get(&path)
+                .and_then(|id| st.files.get(id))
+                .map(|f| f.modified_ms)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+        })
+    }
+}
+
+impl MemHandle {
+    fn with_file<T>(&self, f: impl FnOnce(&mut State) -> io::Result<T>) -> io::Result<T> {
+        let mut st = self.state.borrow_mut();
+        if st.generation != self.generation {
+            return Err(eio("handle opened before a crash"));
+        }
+        if !st.files.contains_key(&self.id) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "file was removed"));
+        }
+        f(&mut st)
+    }
+
+    fn check_aligned(&self, pos: u64, len: usize) -> io::Result<()> {
+        if self.kind == FileKind::Direct
+            && (pos % BLOCK_BYTES != 0 || len as u64 % BLOCK_BYTES != 0)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unaligned direct I/O: pos {pos}, len {len}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counts down an injected fault; true when this operation must fail.
+fn take_fault(slot: &mut Option<u64>) -> bool {
+    match slot {
+        Some(0) => {
+            *slot = None;
+            true
+        }
+        Some(n) => {
+            *n -= 1;
+            false
+        }
+        None => false,
+    }
+}
+
+impl StorageFile for MemHandle {
+    fn write_at(&self, buf: IoBuf, pos: u64) -> IoFuture<'_, Option<IoBuf>> {
+        Box::pin(async move {
+            self.check_aligned(pos, buf.len())?;
+            // Yield once so writes really are "in flight" together, as on io_uring.
+            futures_lite::future::yield_now().await;
+            self.with_file(|st| {
+                if take_fault(&mut st.fail_write_in) {
+                    return Err(eio("write"));
+                }
+                st.writes += 1;
+                let f = st.files.get_mut(&self.id).expect("checked by with_file");
+                write_into(&mut f.current, pos, buf.as_slice());
+                f.unsynced.push((pos, buf.as_slice().to_vec()));
+                f.modified_ms = now_ms();
+                Ok(())
+            })?;
+            Ok(Some(buf))
+        })
+    }
+
+    fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Vec<u8>> {
+        Box::pin(async move {
+            self.check_aligned(pos, len)?;
+            self.with_file(|st| {
+                let f = &st.files[&self.id];
+                let start = (pos as usize).min(f.current.len());
+                let end = (pos as usize).saturating_add(len).min(f.current.len());
+                Ok(f.current[start..end].to_vec())
+            })
+        })
+    }
+
+    fn fdatasync(&self) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            futures_lite::future::yield_now().await;
+            self.with_file(|st| {
+                if take_fault(&mut st.fail_fsync_in) {
+                    return Err(eio("fdatasync"));
+                }
+                st.fsyncs += 1;
+                let f = st.files.get_mut(&self.id).expect("checked by with_file");
+                f.durable = f.current.clone();
+                f.unsynced.clear();
+                Ok(())
+            })
+        })
+    }
+
+    fn preallocate(&self, len: u64) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            self.with_file(|st| {
+                let f = st.files.get_mut(&self.id).expect("checked by with_file");
+                if (f.current.len() as u64) < len {
+                    f.current.resize(len as usize, 0);
+                    f.durable.resize(len as usize, 0);
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn truncate(&self, len: u64) -> IoFuture<'_, ()> {
+        Box::pin(async move {
+            self.with_file(|st| {
+                let f = st.files.get_mut(&self.id).expect("checked by with_file");
+                f.current.resize(len as usize, 0);
+                f.durable.resize(len as usize, 0);
+                Ok(())
+            })
+        })
+    }
+
+    fn size(&self) -> IoFuture<'_, u64> {
+        Box::pin(async move { self.with_file(|st| Ok(st.files[&self.id].current.len() as u64)) })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+}

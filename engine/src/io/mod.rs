@@ -1,0 +1,132 @@
+//! The I/O seam: the few file operations the engine uses, behind two object-safe traits, so
+//! the same engine code runs on glommio DMA files ([`GlommioStorage`]) and on an in-memory
+//! fault-injecting double ([`MemStorage`]) in tests.
+//!
+//! Contract every implementation keeps (the engine's crash reasoning depends on it):
+//! - `write_at` on a [`FileKind::Direct`] file takes a buffer whose length and position are
+//!   multiples of [`BLOCK_BYTES`]; the write is complete (all bytes) or an error.
+//! - Written data is readable at once but may be lost on a crash until an `fdatasync` of that
+//!   file completed after the write completed.
+//! - Metadata operations (create, rename, remove, preallocate) are durable once `sync_dir` /
+//!   `fdatasync` of the file completed.
+
+mod glommio_impl;
+mod mem;
+
+pub use glommio_impl::GlommioStorage;
+pub use mem::{CrashMode, MemStorage};
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+
+/// Alignment (and granularity) of O_DIRECT positions and lengths.
+pub const BLOCK_BYTES: u64 = 4096;
+
+/// A boxed, `!Send` I/O future.
+pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + 'a>>;
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// O_DIRECT: aligned buffers, positions and lengths (commit-log segments).
+    Direct,
+    /// Page-cache I/O, any position and length (index files, checkpoint).
+    Buffered,
+}
+
+/// A buffer suitable for the storage's writes: block-aligned memory for DMA, or a plain Vec.
+pub enum IoBuf {
+    Dma(glommio::io::DmaBuffer),
+    Heap(Vec<u8>),
+}
+
+impl IoBuf {
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            IoBuf::Dma(b) => b.as_bytes(),
+            IoBuf::Heap(v) => v,
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            IoBuf::Dma(b) => b.as_bytes_mut(),
+            IoBuf::Heap(v) => v,
+        }
+    }
+
+    /// Shrinks the buffer to `len` bytes (never grows it).
+    pub fn trim_to(&mut self, len: usize) {
+        assert!(
+            len <= self.len(),
+            "trim_to({len}) of a {}-byte buffer",
+            self.len()
+        );
+        match self {
+            IoBuf::Dma(b) => b.trim_to_size(len),
+            IoBuf::Heap(v) => v.truncate(len),
+        }
+    }
+}
+
+/// Directory-level operations and buffer allocation.
+pub trait Storage {
+    /// A buffer of `len` bytes (a multiple of [`BLOCK_BYTES`]) usable by `write_at`. Its
+    /// contents are unspecified (not necessarily zero).
+    fn alloc(&self, len: usize) -> IoBuf;
+    fn open(
+        &self,
+        path: PathBuf,
+        kind: FileKind,
+        create: bool,
+    ) -> IoFuture<'_, Rc<dyn StorageFile>>;
+    fn remove(&self, path: PathBuf) -> IoFuture<'_, ()>;
+    fn rename(&self, from: PathBuf, to: PathBuf) -> IoFuture<'_, ()>;
+    fn sync_dir(&self, dir: PathBuf) -> IoFuture<'_, ()>;
+    fn create_dir_all(&self, dir: PathBuf) -> IoFuture<'_, ()>;
+    /// Names of the regular files in `dir` (not sorted). A missing directory is an error.
+    fn list_dir(&self, dir: PathBuf) -> IoFuture<'_, Vec<String>>;
+    /// Milliseconds since the epoch of the file's last modification.
+    fn modified_ms(&self, path: PathBuf) -> IoFuture<'_, i64>;
+    /// Whether writes into already-written blocks are much cheaper than into fallocated ones,
+    /// so that zero-filling the next segment ahead of time pays (ext4 + O_DIRECT: yes).
+    fn prefers_written_extents(&self) -> bool {
+        false
+    }
+}
+
+/// Operations on one open file.
+pub trait StorageFile {
+    /// Writes all of `buf` at `pos` (see the module contract for alignment). Returns the
+    /// buffer when it can be reused.
+    fn write_at(&self, buf: IoBuf, pos: u64) -> IoFuture<'_, Option<IoBuf>>;
+    /// Reads up to `len` bytes at `pos`; fewer only at end of file. Direct files: aligned.
+    fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Vec<u8>>;
+    fn fdatasync(&self) -> IoFuture<'_, ()>;
+    /// Allocates the file's blocks up to `len` bytes and sets its size to at least `len`.
+    fn preallocate(&self, len: u64) -> IoFuture<'_, ()>;
+    fn truncate(&self, len: u64) -> IoFuture<'_, ()>;
+    fn size(&self) -> IoFuture<'_, u64>;
+    fn path(&self) -> PathBuf;
+}
+
+/// Rounds `v` up to a multiple of [`BLOCK_BYTES`].
+pub fn align_up(v: u64) -> u64 {
+    v.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+}
+
+/// Rounds `v` down to a multiple of [`BLOCK_BYTES`].
+pub fn align_down(v: u64) -> u64 {
+    v / BLOCK_BYTES * BLOCK_BYTES
+}

@@ -1,0 +1,149 @@
+//! Retention: which whole segments to delete, oldest first, by age and by total size.
+//!
+//! Only a prefix of the log is ever deleted (never the active segment), so every queue's log
+//! start offset only moves forward. The shard writes a checkpoint past a segment before it
+//! deletes it, so recovery never needs bytes that retention removed.
+
+use super::SegmentSet;
+use crate::log::recovery::now_ms;
+use crate::shard::Inner;
+use crate::EngineError;
+use std::rc::Rc;
+
+impl Inner {
+    pub(crate) async fn enforce_retention(self: &Rc<Self>) -> Result<(), EngineError> {
+        if self.cfg.retention_ms.is_none() && self.cfg.retention_bytes.is_none() {
+            return Ok(());
+        }
+        let (doomed, end) = {
+            let st = self.state.borrow();
+            let d = segments_to_delete(
+                &st.segments,
+                st.appender.segment().start,
+                self.cfg.retention_ms,
+                self.cfg.retention_bytes,
+                now_ms(),
+            );
+            let end = d
+                .last()
+                .and_then(|s| st.segments.map.get(s))
+                .map_or(0, |s| s.end());
+            (d, end)
+        };
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        // Recovery must never need a deleted segment: checkpoint past it first.
+        if self.state.borrow().checkpoint_pos < end {
+            self.checkpoint().await?;
+        }
+        let removed: Vec<_> = {
+            let mut st = self.state.borrow_mut();
+            for q in st.queues.values_mut() {
+                q.trim_before(end);
+            }
+            doomed
+                .iter()
+                .filter_map(|s| st.segments.map.remove(s))
+                .collect()
+        };
+        for seg in removed {
+            tracing::info!(segment = %seg.path.display(), "retention deletes segment");
+            self.io
+                .remove(seg.path.clone())
+                .await
+                .map_err(|e| EngineError::io("remove segment", &seg.path, e))?;
+        }
+        let dir = self.cfg.dir.clone();
+        self.io
+            .sync_dir(dir.clone())
+            .await
+            .map_err(|e| EngineError::io("sync directory", &dir, e))
+    }
+}
+
+/// Start positions of the segments to delete, oldest first.
+pub(crate) fn segments_to_delete(
+    segments: &SegmentSet,
+    active_start: u64,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    now_ms: i64,
+) -> Vec<u64> {
+    let mut total = segments.total_bytes();
+    let mut out = Vec::new();
+    for seg in segments.map.values() {
+        if seg.start >= active_start {
+            break;
+        }
+        let too_big = retention_bytes.is_some_and(|max| total > max);
+        let too_old =
+            retention_ms.is_some_and(|ms| seg.modified_ms.get() < now_ms.saturating_sub(ms as i64));
+        if !(too_big || too_old) {
+            break;
+        }
+        total -= seg.size;
+        out.push(seg.start);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{FileKind, MemStorage, Storage};
+    use crate::log::Segment;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    fn set(mtimes: &[i64]) -> SegmentSet {
+        let io = MemStorage::new();
+        let mut s = SegmentSet::default();
+        for (i, &m) in mtimes.iter().enumerate() {
+            let start = i as u64 * 100;
+            let path = std::path::PathBuf::from(format!("/r/{start}"));
+            let file =
+                futures_lite::future::block_on(io.open(path.clone(), FileKind::Direct, true))
+                    .unwrap();
+            s.map.insert(
+                start,
+                Rc::new(Segment {
+                    start,
+                    size: 100,
+                    file,
+                    path,
+                    modified_ms: Cell::new(m),
+                }),
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn by_size_keeps_the_newest_and_never_the_active() {
+        let s = set(&[0, 0, 0, 0]);
+        assert_eq!(
+            segments_to_delete(&s, 300, None, Some(250), 0),
+            vec![0, 100]
+        );
+        assert_eq!(
+            segments_to_delete(&s, 300, None, Some(0), 0),
+            vec![0, 100, 200]
+        );
+        assert_eq!(
+            segments_to_delete(&s, 300, None, Some(400), 0),
+            Vec::<u64>::new()
+        );
+    }
+
+    #[test]
+    fn by_age_stops_at_the_first_young_segment() {
+        let s = set(&[10, 50, 20, 90]);
+        // Segment 200 is old too, but deleting it would leave a hole after the young segment 100.
+        assert_eq!(segments_to_delete(&s, 300, Some(60), None, 100), vec![0]);
+        assert_eq!(
+            segments_to_delete(&s, 300, None, None, 100),
+            Vec::<u64>::new()
+        );
+    }
+}

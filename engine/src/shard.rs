@@ -1,0 +1,666 @@
+//! The shard: the single owner (`!Send`) of one core's queues, commit log, indexes and caches.
+//!
+//! Durability contract: `append(.., Durable)` resolves only after an fdatasync covering the
+//! batch; `append(.., Written)` after its write completed (lost on power failure unless a later
+//! fdatasync covered it). After a crash the shard holds every `Durable`-acknowledged batch and
+//! a prefix of the rest, with the same offsets. A failed write or fdatasync poisons the shard:
+//! appends fail with `Poisoned` until it is reopened (recovery then finds what really landed).
+//! `delete_queue` is durable when it returns. Data becomes readable once written.
+//!
+//! Checkpoints (at open, every [`MAINTENANCE_INTERVAL_MS`], before retention deletes a
+//! segment, at close) bound the recovery scan; see `engine/FORMAT.md`.
+
+use crate::cache::TailCache;
+use crate::commit::{spawn_committer, GroupCommit, MAX_STAGED_BYTES};
+use crate::format::entry::{EntryHeader, EntryKind, HEADER_LEN, MAX_PAYLOAD_BYTES};
+use crate::format::index_entry::IndexEntry;
+use crate::index::QueueIndex;
+use crate::io::{GlommioStorage, Storage, BLOCK_BYTES};
+use crate::log::appender::Appender;
+use crate::log::reader::{read_entries, EntryLoc};
+use crate::log::recovery::{now_ms, recover};
+use crate::log::SegmentSet;
+use crate::producers::ProducerTable;
+use crate::{
+    Appended, Durability, EngineError, Offset, ProducerBatch, QueueId, ReadResult, ShardConfig,
+};
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+use glommio::task::JoinHandle;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+/// Bytes the zero-filling of the next segment may run ahead of its pace.
+pub(crate) const PREP_LEAD_BYTES: u64 = 32 << 20;
+
+/// Period of the background task that runs retention and writes a checkpoint.
+pub const MAINTENANCE_INTERVAL_MS: u64 = 10_000;
+
+/// The single owner of one core's queues and files. `!Send`: share it between the core's tasks
+/// with `Rc`. Dropping it without [`Shard::close`] is a crash as far as the files are
+/// concerned (unsynced data may be lost, recovery handles it).
+pub struct Shard {
+    pub(crate) inner: Rc<Inner>,
+}
+
+/// Shared by the shard's tasks; see the module docs.
+pub(crate) struct Inner {
+    pub cfg: ShardConfig,
+    pub io: Rc<dyn Storage>,
+    /// Stamped on every entry this run writes; persisted (checkpoint) before the first one.
+    pub epoch: u64,
+    pub state: RefCell<State>,
+    pub gc: GroupCommit,
+    /// Serialises appends across the await of a segment roll.
+    pub(crate) append_lock: Semaphore,
+    pub(crate) checkpoint_lock: Semaphore,
+    pub(crate) stopped: Cell<bool>,
+    pub(crate) tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// The next segment, zero-filled ahead of time (see `log::prepare`), and whether its
+    /// preparation for the active segment has started.
+    pub(crate) next_segment: RefCell<Option<Rc<crate::log::Segment>>>,
+    pub(crate) prep_started: Cell<bool>,
+    /// Rolls that used a prepared segment (tests and metrics).
+    pub prepared_rolls: Cell<u64>,
+}
+
+pub(crate) struct State {
+    pub queues: HashMap<QueueId, QueueIndex>,
+    pub producers: ProducerTable,
+    pub segments: SegmentSet,
+    pub appender: Appender,
+    pub cache: TailCache,
+    /// Log position of the last checkpoint written.
+    pub checkpoint_pos: u64,
+}
+
+impl Shard {
+    /// Opens (creating if absent) the shard directory on real files and recovers. Must run
+    /// inside a glommio executor built with `io_memory(config.io_memory_bytes)`.
+    pub async fn open(config: ShardConfig) -> Result<Rc<Shard>, EngineError> {
+        Shard::open_with_io(config, Rc::new(GlommioStorage)).await
+    }
+
+    /// [`Shard::open`] on any storage, e.g. [`crate::io::MemStorage`] in tests. Recovers,
+    /// writes a checkpoint (persisting the new epoch) and spawns the background tasks
+    /// (committer, interval flusher, retention + checkpoint) on the current executor.
+    pub async fn open_with_io(
+        config: ShardConfig,
+        io: Rc<dyn Storage>,
+    ) -> Result<Rc<Shard>, EngineError> {
+        check_config(&config)?;
+        let rec = recover(&config, &*io).await?;
+        let active = rec
+            .segments
+            .find(rec.next_pos)
+            .cloned()
+            .ok_or(EngineError::Config("no active segment"))?;
+        let appender = Appender::new(&*io, active, rec.next_pos, &rec.tail);
+        tracing::info!(dir = %config.dir.display(), epoch = rec.epoch, end = rec.next_pos, queues = rec.queues.len(), "shard recovered");
+        let inner = Rc::new(Inner {
+            epoch: rec.epoch,
+            gc: GroupCommit::new(rec.next_pos),
+            state: RefCell::new(State {
+                queues: rec.queues,
+                producers: rec.producers,
+                segments: rec.segments,
+                appender,
+                cache: TailCache::new(config.tail_cache_bytes),
+                checkpoint_pos: 0,
+            }),
+            cfg: config,
+            io,
+            append_lock: Semaphore::new(1),
+            checkpoint_lock: Semaphore::new(1),
+            stopped: Cell::new(false),
+            prepared_rolls: Cell::new(0),
+            next_segment: RefCell::new(None),
+            prep_started: Cell::new(false),
+            tasks: RefCell::new(Vec::new()),
+        });
+        inner.tasks.borrow_mut().push(spawn_committer(&inner));
+        // The epoch must be durable before any entry carries it, and the recovered index
+        // persisted before the checkpoint moves past it.
+        inner.checkpoint().await?;
+        spawn_background(&inner);
+        Ok(Rc::new(Shard { inner }))
+    }
+
+    /// Validates the batch, assigns offsets from the queue's end, appends it and resolves at
+    /// the requested durability. Concurrent appends share writes and one fdatasync.
+    pub async fn append(
+        &self,
+        queue: QueueId,
+        batch: Bytes,
+        durability: Durability,
+    ) -> Result<Appended, EngineError> {
+        let inner = &self.inner;
+        if batch.len() > inner.cfg.max_batch_bytes as usize {
+            return Err(EngineError::BatchTooLarge {
+                len: batch.len(),
+                max: inner.cfg.max_batch_bytes,
+            });
+        }
+        let h = ringmq_wire::record_batch::validate(&batch).map_err(EngineError::CorruptBatch)?;
+        inner.wait_for_staging_room().await?;
+        let permit = inner
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::Closed)?;
+        inner.check_usable()?;
+        if inner.is_deleted(queue) {
+            return Err(EngineError::QueueDeleted(queue));
+        }
+        let entry_len = (HEADER_LEN + batch.len()) as u64;
+        if !inner.state.borrow().appender.fits(entry_len) {
+            inner.roll().await?;
+        }
+        let (end_pos, appended) = inner.push_batch(queue, &h, batch);
+        drop(permit);
+        inner.maybe_prepare_next();
+        inner.gc.kick.notify();
+        inner
+            .gc
+            .wait_for(end_pos, durability == Durability::Durable)
+            .await
+            .map_err(|cause| EngineError::Poisoned { cause })?;
+        Ok(appended)
+    }
+
+    /// Batches of `queue` from the one containing `from`, up to `max_bytes` (at least one).
+    pub async fn read(
+        &self,
+        queue: QueueId,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadResult, EngineError> {
+        let inner = &self.inner;
+        let plan = inner.plan_read(queue, from, max_bytes)?;
+        let mut batches: Vec<Option<Bytes>> = plan.items.iter().map(|i| i.cached.clone()).collect();
+        // Runs of uncached entries in one segment are read together.
+        let mut i = 0;
+        while i < plan.items.len() {
+            if batches[i].is_some() {
+                i += 1;
+                continue;
+            }
+            let seg = inner
+                .state
+                .borrow()
+                .segments
+                .find(plan.items[i].loc.log_pos)
+                .cloned();
+            let Some(seg) = seg else {
+                return Err(inner.out_of_range(queue, from));
+            };
+            let mut j = i;
+            while j < plan.items.len()
+                && batches[j].is_none()
+                && plan.items[j].loc.log_pos < seg.end()
+            {
+                j += 1;
+            }
+            let locs: Vec<EntryLoc> = plan.items[i..j].iter().map(|x| x.loc).collect();
+            for (k, b) in read_entries(&seg, &locs).await?.into_iter().enumerate() {
+                batches[i + k] = Some(b);
+            }
+            i = j;
+        }
+        Ok(ReadResult {
+            batches: batches.into_iter().flatten().collect(),
+            end_offset: Offset(plan.visible_end),
+            log_start_offset: Offset(plan.log_start),
+        })
+    }
+
+    /// Resolves once data at or after `offset` of `queue` is readable (its visible end passed
+    /// `offset`), for long-polling fetches: wrap it in a timeout. Resolves at once with
+    /// `QueueDeleted`, `Poisoned` or `Closed` when those apply.
+    pub async fn wait_for_data(&self, queue: QueueId, offset: Offset) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        loop {
+            let listen = inner.gc.progress.listen();
+            inner.check_usable()?;
+            {
+                let st = inner.state.borrow();
+                if let Some(q) = st.queues.get(&queue) {
+                    if q.deleted {
+                        return Err(EngineError::QueueDeleted(queue));
+                    }
+                    if q.end_of(q.visible_len(inner.gc.written())) > offset.0 {
+                        return Ok(());
+                    }
+                }
+            }
+            listen.await;
+        }
+    }
+
+    /// Next offset to be assigned (0 for a queue never written or deleted).
+    pub fn end_offset(&self, queue: QueueId) -> Offset {
+        let st = self.inner.state.borrow();
+        Offset(
+            st.queues
+                .get(&queue)
+                .filter(|q| !q.deleted)
+                .map_or(0, |q| q.end_offset),
+        )
+    }
+
+    pub fn log_start_offset(&self, queue: QueueId) -> Offset {
+        let st = self.inner.state.borrow();
+        Offset(
+            st.queues
+                .get(&queue)
+                .filter(|q| !q.deleted)
+                .map_or(0, |q| q.log_start_offset),
+        )
+    }
+
+    /// First readable batch whose max timestamp is `>= ts_ms`: its base offset and max timestamp.
+    pub async fn offset_for_timestamp(
+        &self,
+        queue: QueueId,
+        ts_ms: i64,
+    ) -> Result<Option<(Offset, i64)>, EngineError> {
+        let st = self.inner.state.borrow();
+        let Some(q) = st.queues.get(&queue) else {
+            return Ok(None);
+        };
+        if q.deleted {
+            return Err(EngineError::QueueDeleted(queue));
+        }
+        let visible = q.visible_len(self.inner.gc.written());
+        let i = q.find_time(ts_ms);
+        Ok((i < visible).then(|| {
+            (
+                Offset(q.slots[i].entry.base_offset),
+                q.slots[i].entry.max_timestamp,
+            )
+        }))
+    }
+
+    /// Queues that hold (or held) data on this shard and are not deleted, sorted.
+    pub fn queues(&self) -> Vec<QueueId> {
+        let st = self.inner.state.borrow();
+        let mut v: Vec<QueueId> = st
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.deleted)
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Durably forgets a queue (a control entry in the log); idempotent.
+    pub async fn delete_queue(&self, queue: QueueId) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let permit = inner
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::Closed)?;
+        inner.check_usable()?;
+        if inner.is_deleted(queue) {
+            return Ok(());
+        }
+        if !inner.state.borrow().appender.fits(HEADER_LEN as u64) {
+            inner.roll().await?;
+        }
+        let end_pos = inner.push_delete(queue);
+        drop(permit);
+        inner.gc.kick.notify();
+        inner
+            .gc
+            .wait_for(end_pos, true)
+            .await
+            .map_err(|cause| EngineError::Poisoned { cause })
+    }
+
+    /// The last (up to 5) batches `producer_id` appended to `queue`, newest last.
+    pub fn producer_batches(&self, queue: QueueId, producer_id: i64) -> Vec<ProducerBatch> {
+        self.inner.state.borrow().producers.get(queue, producer_id)
+    }
+
+    /// The highest producer id seen in any batch.
+    pub fn max_producer_id(&self) -> Option<i64> {
+        self.inner.state.borrow().producers.max_producer_id()
+    }
+
+    /// Makes everything appended so far durable.
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        if self.inner.stopped() {
+            return Err(EngineError::Closed);
+        }
+        let pos = self.inner.state.borrow().appender.next_pos();
+        self.inner.flush_to(pos).await
+    }
+
+    /// Deletes whole segments beyond the retention limits now (also runs in the background).
+    pub async fn enforce_retention(&self) -> Result<(), EngineError> {
+        self.inner.enforce_retention().await
+    }
+
+    /// Flushes, writes a checkpoint, stops the background tasks. Appends, deletes and
+    /// flushes afterwards return `Closed`; closing again is a no-op.
+    pub async fn close(&self) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        if inner.stopped() {
+            return Ok(());
+        }
+        let pos = inner.state.borrow().appender.next_pos();
+        inner.flush_to(pos).await?;
+        inner.checkpoint().await?;
+        inner.stop();
+        Ok(())
+    }
+
+    /// Log position up to which data is durable (tests and metrics).
+    #[doc(hidden)]
+    pub fn durable_log_pos(&self) -> u64 {
+        self.inner.gc.synced()
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.inner.stop();
+    }
+}
+
+struct ReadItem {
+    loc: EntryLoc,
+    cached: Option<Bytes>,
+}
+
+struct ReadPlan {
+    items: Vec<ReadItem>,
+    visible_end: u64,
+    log_start: u64,
+}
+
+impl Inner {
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
+    fn stop(&self) {
+        self.stopped.set(true);
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.cancel();
+        }
+        self.gc.kick.notify();
+    }
+
+    fn check_usable(&self) -> Result<(), EngineError> {
+        if self.stopped() {
+            return Err(EngineError::Closed);
+        }
+        match self.gc.poisoned() {
+            Some(cause) => Err(EngineError::Poisoned { cause }),
+            None => Ok(()),
+        }
+    }
+
+    fn is_deleted(&self, queue: QueueId) -> bool {
+        self.state
+            .borrow()
+            .queues
+            .get(&queue)
+            .is_some_and(|q| q.deleted)
+    }
+
+    fn out_of_range(&self, queue: QueueId, from: Offset) -> EngineError {
+        let st = self.state.borrow();
+        let (start, end) = st
+            .queues
+            .get(&queue)
+            .map_or((0, 0), |q| (q.log_start_offset, q.end_offset));
+        EngineError::OffsetOutOfRange {
+            queue,
+            requested: from,
+            log_start: Offset(start),
+            end: Offset(end),
+        }
+    }
+
+    async fn wait_for_staging_room(&self) -> Result<(), EngineError> {
+        loop {
+            let listen = self.gc.progress.listen();
+            self.check_usable()?;
+            if self.state.borrow().appender.staged_bytes() <= MAX_STAGED_BYTES {
+                return Ok(());
+            }
+            self.gc.kick.notify();
+            listen.await;
+        }
+    }
+
+    /// Copies the batch (base offset assigned) into the log and records it. No await: the
+    /// offsets, the log order and the index order are the same.
+    fn push_batch(
+        &self,
+        queue: QueueId,
+        h: &ringmq_wire::record_batch::BatchHeader,
+        batch: Bytes,
+    ) -> (u64, Appended) {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let q = st.queues.entry(queue).or_default();
+        let base = q.end_offset;
+        let last = base + h.last_offset_delta as u64;
+        let now = now_ms();
+        let header = EntryHeader {
+            kind: EntryKind::Batch,
+            queue_id: queue.0,
+            record_count: h.record_count as u32,
+            base_offset: base,
+            first_timestamp: h.base_timestamp,
+            max_timestamp: h.max_timestamp,
+            append_time_ms: now,
+            epoch: self.epoch,
+            payload_len: batch.len() as u32,
+            crc: 0,
+        };
+        let base_be = (base as i64).to_be_bytes();
+        let entry_len = (HEADER_LEN + batch.len()) as u32;
+        // One copy of the batch: into the staging chunk, with the base offset written in
+        // front of the rest. The tail cache keeps the caller's bytes as they are and patches
+        // the offset when a reader first asks (or now, for free, if the bytes are unshared).
+        let parts: [&[u8]; 2] = [&base_be, &batch[8..]];
+        let hdr = header.encode_parts(&parts);
+        let pos = st.appender.push_entry(&*self.io, &hdr, &parts);
+        if st.cache.enabled() {
+            st.cache.insert(queue.0, base, batch);
+        }
+        q.push(IndexEntry {
+            base_offset: base,
+            last_offset: last,
+            log_pos: pos,
+            entry_len,
+            tag_hash: 0,
+            max_timestamp: h.max_timestamp,
+        });
+        st.producers.record(queue, h, base, last);
+        (
+            pos + u64::from(entry_len),
+            Appended {
+                base_offset: Offset(base),
+                last_offset: Offset(last),
+                log_append_time_ms: now,
+            },
+        )
+    }
+
+    fn push_delete(&self, queue: QueueId) -> u64 {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let header = EntryHeader {
+            kind: EntryKind::QueueDeleted,
+            queue_id: queue.0,
+            record_count: 0,
+            base_offset: 0,
+            first_timestamp: 0,
+            max_timestamp: 0,
+            append_time_ms: now_ms(),
+            epoch: self.epoch,
+            payload_len: 0,
+            crc: 0,
+        };
+        let pos = st.appender.push_entry(&*self.io, &header.encode(&[]), &[]);
+        let q = st.queues.entry(queue).or_default();
+        q.deleted = true;
+        q.slots.clear();
+        q.unpersisted.clear();
+        st.cache.remove_queue(queue.0);
+        st.producers.remove_queue(queue);
+        pos + HEADER_LEN as u64
+    }
+
+    fn plan_read(
+        &self,
+        queue: QueueId,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadPlan, EngineError> {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let Some(q) = st.queues.get(&queue) else {
+            if from.0 == 0 {
+                return Ok(ReadPlan {
+                    items: Vec::new(),
+                    visible_end: 0,
+                    log_start: 0,
+                });
+            }
+            // (Not `self.out_of_range`: the state is borrowed mutably here.)
+            return Err(EngineError::OffsetOutOfRange {
+                queue,
+                requested: from,
+                log_start: Offset(0),
+                end: Offset(0),
+            });
+        };
+        if q.deleted {
+            return Err(EngineError::QueueDeleted(queue));
+        }
+        if from.0 < q.log_start_offset || from.0 > q.end_offset {
+            return Err(EngineError::OffsetOutOfRange {
+                queue,
+                requested: from,
+                log_start: Offset(q.log_start_offset),
+                end: Offset(q.end_offset),
+            });
+        }
+        let visible = q.visible_len(self.gc.written());
+        let visible_end = q.end_of(visible);
+        let mut items = Vec::new();
+        let mut total = 0usize;
+        for slot in q.slots.range(q.find(from.0).min(visible)..visible) {
+            let e = slot.entry;
+            let len = e.entry_len as usize - HEADER_LEN;
+            if !items.is_empty() && total + len > max_bytes {
+                break;
+            }
+            total += len;
+            items.push(ReadItem {
+                loc: EntryLoc {
+                    queue_id: queue.0,
+                    base_offset: e.base_offset,
+                    log_pos: e.log_pos,
+                    entry_len: e.entry_len,
+                },
+                cached: st.cache.get(queue.0, e.base_offset),
+            });
+        }
+        Ok(ReadPlan {
+            items,
+            visible_end,
+            log_start: q.log_start_offset,
+        })
+    }
+
+    pub(crate) async fn flush_to(&self, pos: u64) -> Result<(), EngineError> {
+        self.gc.want_sync(pos);
+        loop {
+            let listen = self.gc.progress.listen();
+            if let Some(cause) = self.gc.poisoned() {
+                return Err(EngineError::Poisoned { cause });
+            }
+            if self.gc.synced() >= pos {
+                return Ok(());
+            }
+            listen.await;
+        }
+    }
+}
+
+fn check_config(c: &ShardConfig) -> Result<(), EngineError> {
+    if c.segment_size_bytes % BLOCK_BYTES != 0 {
+        return Err(EngineError::Config(
+            "segment_size_bytes must be a multiple of 4096",
+        ));
+    }
+    if c.max_batch_bytes > MAX_PAYLOAD_BYTES
+        || (c.max_batch_bytes as usize) < ringmq_wire::record_batch::HEADER_LEN
+    {
+        return Err(EngineError::Config(
+            "max_batch_bytes must be within [61, 64 MiB]",
+        ));
+    }
+    if c.segment_size_bytes < u64::from(c.max_batch_bytes) + 2 * BLOCK_BYTES {
+        return Err(EngineError::Config(
+            "segment_size_bytes must exceed max_batch_bytes + 8192",
+        ));
+    }
+    Ok(())
+}
+
+/// Spawns the interval flusher (if configured) and the maintenance task (retention and a
+/// periodic checkpoint). Both hold the shard weakly and end when it is closed or dropped.
+fn spawn_background(inner: &Rc<Inner>) {
+    let mut tasks = inner.tasks.borrow_mut();
+    if let Some(ms) = inner.cfg.flush_interval_ms {
+        let weak = Rc::downgrade(inner);
+        tasks.push(
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(ms.max(1))).await;
+                    let Some(inner) = live(&weak) else { break };
+                    let pos = inner.state.borrow().appender.next_pos();
+                    inner.gc.want_sync(pos);
+                }
+            })
+            .detach(),
+        );
+    }
+    let weak = Rc::downgrade(inner);
+    tasks.push(
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(MAINTENANCE_INTERVAL_MS)).await;
+                let Some(inner) = live(&weak) else { break };
+                if let Err(e) = inner.enforce_retention().await {
+                    tracing::warn!(error = %e, "retention failed");
+                }
+                let moved =
+                    inner.state.borrow().appender.next_pos() > inner.state.borrow().checkpoint_pos;
+                if moved {
+                    if let Err(e) = inner.checkpoint().await {
+                        tracing::warn!(error = %e, "background checkpoint failed");
+                    }
+                }
+            }
+        })
+        .detach(),
+    );
+}
+
+fn live(weak: &Weak<Inner>) -> Option<Rc<Inner>> {
+    weak.upgrade()
+        .filter(|i| !i.stopped() && i.gc.poisoned().is_none())
+}

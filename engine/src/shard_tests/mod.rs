@@ -1,0 +1,556 @@
+//! Shard-level tests: the engine's logic on the in-memory fault-injecting storage
+//! (`crash.rs`: crashes, faults, corruption), plus a few on real glommio DMA files in a
+//! temporary directory (`real_files.rs`).
+
+mod crash;
+mod real_files;
+
+use crate::io::{CrashMode, MemStorage, Storage};
+use crate::{Durability, EngineError, Offset, QueueId, Shard, ShardConfig};
+use bytes::Bytes;
+use glommio::{LocalExecutorBuilder, Placement};
+use ringmq_wire::record_batch::{validate, BatchBuilder, ProducerStamp, Record};
+use std::future::Future;
+use std::rc::Rc;
+
+/// Runs `f` on a fresh glommio executor with a small registered-buffer pool (tests run in
+/// parallel, and every executor's pool counts against RLIMIT_MEMLOCK).
+pub(crate) fn run<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(256 << 10)
+        .spawn(f)
+        .expect("executor starts")
+        .join()
+        .expect("test body does not panic");
+}
+
+pub(crate) fn batch(n: usize, ts: i64, pid: i64, seq: i32, fill: usize) -> Bytes {
+    let mut b = BatchBuilder::new(256);
+    let value = vec![b'x'; fill];
+    for i in 0..n {
+        b.push(&Record {
+            key: None,
+            value: Some(&value),
+            headers: &[],
+            timestamp_ms: ts + i as i64,
+        });
+    }
+    Bytes::from(b.build(
+        ProducerStamp {
+            producer_id: pid,
+            producer_epoch: 0,
+            base_sequence: seq,
+        },
+        0,
+    ))
+}
+
+/// Default settings except 1 MiB segments: the in-memory double materialises preallocation.
+pub(crate) fn cfg(dir: &str) -> ShardConfig {
+    ShardConfig {
+        dir: dir.into(),
+        segment_size_bytes: 1 << 20,
+        max_batch_bytes: 256 << 10,
+        ..ShardConfig::default()
+    }
+}
+
+pub(crate) fn small_cfg(dir: &str) -> ShardConfig {
+    ShardConfig {
+        segment_size_bytes: 64 << 10,
+        max_batch_bytes: 16 << 10,
+        tail_cache_bytes: 0,
+        ..cfg(dir)
+    }
+}
+
+pub(crate) async fn open(c: &ShardConfig, io: &MemStorage) -> Rc<Shard> {
+    Shard::open_with_io(c.clone(), Rc::new(io.clone()) as Rc<dyn Storage>)
+        .await
+        .expect("open")
+}
+
+/// Reads everything of `q` from offset 0 and returns (base offset, record count) per batch,
+/// checking each batch's CRC.
+pub(crate) async fn read_all(s: &Shard, q: QueueId) -> Vec<(i64, i32)> {
+    let mut out = Vec::new();
+    let mut from = s.log_start_offset(q);
+    loop {
+        let r = s.read(q, from, 1 << 20).await.expect("read");
+        if r.batches.is_empty() {
+            return out;
+        }
+        for b in &r.batches {
+            let h = validate(b).expect("stored batch keeps a valid CRC");
+            out.push((h.base_offset, h.record_count));
+            from = Offset(h.last_offset() as u64 + 1);
+        }
+    }
+}
+
+#[test]
+fn append_assigns_dense_offsets_and_reads_back() {
+    run(|| async {
+        let io = MemStorage::new();
+        let s = open(&cfg("/a"), &io).await;
+        let (q1, q2) = (QueueId(1), QueueId(2));
+        let a = s
+            .append(q1, batch(3, 100, -1, -1, 10), Durability::Durable)
+            .await
+            .unwrap();
+        let b = s
+            .append(q2, batch(1, 100, -1, -1, 10), Durability::Written)
+            .await
+            .unwrap();
+        let c = s
+            .append(q1, batch(2, 200, -1, -1, 10), Durability::Written)
+            .await
+            .unwrap();
+        assert_eq!((a.base_offset, a.last_offset), (Offset(0), Offset(2)));
+        assert_eq!((b.base_offset, b.last_offset), (Offset(0), Offset(0)));
+        assert_eq!((c.base_offset, c.last_offset), (Offset(3), Offset(4)));
+        assert_eq!(s.end_offset(q1), Offset(5));
+        assert_eq!(read_all(&s, q1).await, vec![(0, 3), (3, 2)]);
+        // A read starting inside a batch returns the whole batch.
+        let r = s.read(q1, Offset(4), 1).await.unwrap();
+        assert_eq!(r.batches.len(), 1);
+        assert_eq!(validate(&r.batches[0]).unwrap().base_offset, 3);
+        // max_bytes bounds the answer but one batch always comes back.
+        assert_eq!(s.read(q1, Offset(0), 1).await.unwrap().batches.len(), 1);
+        assert!(s.read(q1, Offset(5), 100).await.unwrap().batches.is_empty());
+        assert!(matches!(
+            s.read(q1, Offset(6), 100).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
+        // A queue never written: offset 0 is its end, anything else is out of range.
+        assert!(s
+            .read(QueueId(77), Offset(0), 100)
+            .await
+            .unwrap()
+            .batches
+            .is_empty());
+        assert!(matches!(
+            s.read(QueueId(77), Offset(1), 100).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(s.queues(), vec![q1, q2]);
+        s.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reads_from_disk_match_reads_from_the_cache() {
+    run(|| async {
+        let io = MemStorage::new();
+        let s = open(&small_cfg("/d"), &io).await; // tail cache disabled: every read is a disk read
+        for i in 0..20 {
+            s.append(
+                QueueId(i % 3),
+                batch(2, 0, -1, -1, 700),
+                Durability::Written,
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(read_all(&s, QueueId(1)).await.len(), 7);
+        let r = s.read(QueueId(0), Offset(0), 1 << 20).await.unwrap();
+        assert_eq!(r.batches.len(), 7);
+        assert_eq!(r.end_offset, Offset(14));
+    });
+}
+
+#[test]
+fn concurrent_durable_appends_share_fdatasyncs() {
+    run(|| async {
+        let io = MemStorage::new();
+        let s = open(&cfg("/g"), &io).await;
+        let before = io.fsync_count();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let s = s.clone();
+                glommio::spawn_local(async move {
+                    s.append(
+                        QueueId(i % 4),
+                        batch(1, 0, -1, -1, 100),
+                        Durability::Durable,
+                    )
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        let syncs = io.fsync_count() - before;
+        assert!(syncs <= 4, "64 concurrent appends took {syncs} fdatasyncs");
+        assert_eq!((0..4).map(|q| s.end_offset(QueueId(q)).0).sum::<u64>(), 64);
+    });
+}
+
+#[test]
+fn bad_batches_are_refused_before_anything_is_written() {
+    run(|| async {
+        let io = MemStorage::new();
+        let s = open(
+            &ShardConfig {
+                max_batch_bytes: 1000,
+                ..small_cfg("/b")
+            },
+            &io,
+        )
+        .await;
+        let writes = io.write_count();
+        let mut bad = batch(2, 0, -1, -1, 10).to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            s.append(QueueId(1), Bytes::from(bad), Durability::Durable)
+                .await,
+            Err(EngineError::CorruptBatch(_))
+        ));
+        assert!(matches!(
+            s.append(QueueId(1), batch(1, 0, -1, -1, 2000), Durability::Durable)
+                .await,
+            Err(EngineError::BatchTooLarge { .. })
+        ));
+        assert_eq!(io.write_count(), writes);
+        assert_eq!(s.end_offset(QueueId(1)), Offset(0));
+        assert!(s.queues().is_empty());
+    });
+}
+
+#[test]
+fn segments_roll_and_retention_moves_log_start() {
+    run(|| async {
+        let io = MemStorage::new();
+        let c = ShardConfig {
+            retention_bytes: Some(3 * (64 << 10)),
+            ..small_cfg("/r")
+        };
+        let s = open(&c, &io).await;
+        for _ in 0..60 {
+            s.append(QueueId(1), batch(1, 0, -1, -1, 10_000), Durability::Written)
+                .await
+                .unwrap();
+        }
+        s.flush().await.unwrap();
+        let segs = |io: &MemStorage| {
+            io.paths()
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .count()
+        };
+        assert!(
+            segs(&io) >= 9,
+            "60 × 10 KB in 64 KiB segments: {}",
+            segs(&io)
+        );
+        s.enforce_retention().await.unwrap();
+        assert!(segs(&io) <= 3, "{} segments left", segs(&io));
+        let start = s.log_start_offset(QueueId(1));
+        assert!(start.0 > 0);
+        assert!(matches!(
+            s.read(QueueId(1), Offset(0), 10).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
+        let kept = read_all(&s, QueueId(1)).await;
+        assert_eq!(kept.first().map(|b| b.0 as u64), Some(start.0));
+        assert_eq!(kept.last().map(|b| b.0), Some(59));
+        drop(s);
+        io.crash(CrashMode::DropUnsynced);
+        let s = open(&c, &io).await;
+        assert_eq!(s.log_start_offset(QueueId(1)), start);
+        assert_eq!(read_all(&s, QueueId(1)).await, kept);
+        assert_eq!(s.end_offset(QueueId(1)), Offset(60));
+    });
+}
+
+#[test]
+fn deleted_queue_stays_deleted_after_a_crash() {
+    run(|| async {
+        let io = MemStorage::new();
+        let c = cfg("/x");
+        let s = open(&c, &io).await;
+        s.append(QueueId(3), batch(1, 0, 7, 0, 10), Durability::Written)
+            .await
+            .unwrap();
+        s.append(QueueId(4), batch(1, 0, -1, -1, 10), Durability::Written)
+            .await
+            .unwrap();
+        s.close().await.unwrap(); // the checkpoint writes queue 3's index file
+        drop(s);
+        assert!(io
+            .contents(std::path::Path::new("/x/index/0000000003.idx"))
+            .is_some());
+        let s = open(&c, &io).await;
+        s.delete_queue(QueueId(3)).await.unwrap();
+        assert!(matches!(
+            s.read(QueueId(3), Offset(0), 10).await,
+            Err(EngineError::QueueDeleted(_))
+        ));
+        drop(s);
+        io.crash(CrashMode::DropUnsynced);
+        let s = open(&c, &io).await;
+        assert_eq!(s.queues(), vec![QueueId(4)]);
+        assert!(s.producer_batches(QueueId(3), 7).is_empty());
+        assert!(matches!(
+            s.append(QueueId(3), batch(1, 0, -1, -1, 10), Durability::Written)
+                .await,
+            Err(EngineError::QueueDeleted(_))
+        ));
+        s.delete_queue(QueueId(3)).await.unwrap();
+        s.close().await.unwrap();
+        drop(s);
+        let idx = std::path::Path::new("/x/index/0000000003.idx");
+        assert!(
+            io.contents(idx).is_none(),
+            "index file of a deleted queue is removed"
+        );
+        assert!(io
+            .contents(std::path::Path::new("/x/index/0000000004.idx"))
+            .is_some());
+        let s = open(&c, &io).await;
+        assert_eq!(s.queues(), vec![QueueId(4)]);
+    });
+}
+
+#[test]
+fn producer_table_survives_restart_through_checkpoint_and_scan() {
+    run(|| async {
+        let io = MemStorage::new();
+        let c = cfg("/pr");
+        let s = open(&c, &io).await;
+        for i in 0..4 {
+            s.append(QueueId(1), batch(2, 0, 42, i * 2, 10), Durability::Written)
+                .await
+                .unwrap();
+        }
+        s.close().await.unwrap(); // these four are in the checkpoint
+        drop(s);
+        let s = open(&c, &io).await;
+        for i in 4..7 {
+            s.append(QueueId(1), batch(2, 0, 42, i * 2, 10), Durability::Durable)
+                .await
+                .unwrap();
+        }
+        s.append(QueueId(1), batch(1, 0, 43, 0, 10), Durability::Durable)
+            .await
+            .unwrap();
+        drop(s);
+        io.crash(CrashMode::DropUnsynced); // these are found by the scan
+        let s = open(&c, &io).await;
+        let b = s.producer_batches(QueueId(1), 42);
+        assert_eq!(b.len(), 5);
+        assert_eq!(
+            (b[0].first_seq, b[4].last_seq, b[4].base_offset),
+            (4, 13, Offset(12))
+        );
+        assert_eq!(s.max_producer_id(), Some(43));
+    });
+}
+
+#[test]
+fn interval_flusher_makes_written_data_durable() {
+    run(|| async {
+        let io = MemStorage::new();
+        let s = open(
+            &ShardConfig {
+                flush_interval_ms: Some(2),
+                ..cfg("/fl")
+            },
+            &io,
+        )
+        .await;
+        s.append(QueueId(1), batch(1, 0, -1, -1, 10), Durability::Written)
+            .await
+            .unwrap();
+        let end = s.inner.state.borrow().appender.next_pos();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.durable_log_pos() < end {
+            assert!(std::time::Instant::now() < deadline, "flusher never synced");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    });
+}
+
+/// Whole 1 MiB chunks go out zero-copy and their buffers are reused (holding old bytes): the
+/// data must still come back intact after a restart.
+#[test]
+fn reused_chunk_buffers_write_intact_data() {
+    run(|| async {
+        let io = MemStorage::new();
+        let c = ShardConfig {
+            segment_size_bytes: 8 << 20,
+            max_batch_bytes: 1 << 20,
+            tail_cache_bytes: 0,
+            ..cfg("/z")
+        };
+        let s = open(&c, &io).await;
+        let tasks: Vec<_> = (0..8u32)
+            .map(|t| {
+                let s = s.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..10 {
+                        let b = batch(1 + (i % 3), 0, -1, -1, 90_000 + 1000 * t as usize);
+                        s.append(QueueId(t % 3), b, Durability::Written)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        s.flush().await.unwrap();
+        {
+            let st = s.inner.state.borrow();
+            let a = &st.appender;
+            assert!(
+                a.zero_copy_chunks > 0 && a.reused_chunks > 0,
+                "{} zero-copy chunks, {} reused",
+                a.zero_copy_chunks,
+                a.reused_chunks
+            );
+        }
+        let before = [0, 1, 2].map(|q| s.end_offset(QueueId(q)));
+        drop(s);
+        io.crash(CrashMode::DropUnsynced);
+        let s = open(&c, &io).await;
+        let mut n = 0;
+        for q in 0..3 {
+            n += read_all(&s, QueueId(q)).await.len();
+            assert_eq!(s.end_offset(QueueId(q)), before[q as usize]);
+        }
+        assert_eq!(n, 80);
+    });
+}
+
+/// With written-extent preference, rolls use segments zero-filled ahead of time; the data is
+/// the same after a crash, and recovery deletes a half-prepared file.
+#[test]
+fn prepared_segments_are_used_and_cleaned_up() {
+    run(|| async {
+        let io = MemStorage::new();
+        io.set_prefers_written_extents(true);
+        let c = small_cfg("/pp");
+        let s = open(&c, &io).await;
+        for i in 0..40u32 {
+            let b = batch(1, 0, -1, -1, 9_000 + i as usize);
+            s.append(QueueId(i % 2), b, Durability::Written)
+                .await
+                .unwrap();
+            // Let the preparation task run between appends, as a live broker would.
+            glommio::executor().yield_task_queue_now().await;
+        }
+        s.flush().await.unwrap();
+        assert!(
+            s.inner.prepared_rolls.get() >= 2,
+            "{} prepared rolls",
+            s.inner.prepared_rolls.get()
+        );
+        let before = (
+            read_all(&s, QueueId(0)).await,
+            read_all(&s, QueueId(1)).await,
+        );
+        drop(s);
+        io.crash(CrashMode::DropUnsynced);
+        let s = open(&c, &io).await;
+        assert_eq!(
+            (
+                read_all(&s, QueueId(0)).await,
+                read_all(&s, QueueId(1)).await
+            ),
+            before
+        );
+        let preps = io
+            .paths()
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".prep"))
+            .count();
+        assert_eq!(preps, 0, "recovery removes prepared files");
+    });
+}
+
+#[test]
+fn wait_for_data_wakes_a_tail_reader() {
+    run(|| async {
+        let io = MemStorage::new();
+        let s = open(&cfg("/w"), &io).await;
+        let q = QueueId(5);
+        let reader = {
+            let s = s.clone();
+            glommio::spawn_local(async move {
+                s.wait_for_data(q, Offset(0)).await.unwrap();
+                s.read(q, Offset(0), 1 << 20).await.unwrap().batches.len()
+            })
+        };
+        glommio::executor().yield_task_queue_now().await;
+        s.append(q, batch(1, 0, -1, -1, 10), Durability::Written)
+            .await
+            .unwrap();
+        let deadline = async {
+            // Well below the 10 s maintenance period, whose checkpoint would also wake it.
+            glommio::timer::sleep(std::time::Duration::from_secs(3)).await;
+            panic!("the waiting reader was never woken");
+        };
+        assert_eq!(futures_lite::future::or(reader, deadline).await, 1);
+        // Already readable: resolves at once.
+        s.wait_for_data(q, Offset(0)).await.unwrap();
+        s.delete_queue(q).await.unwrap();
+        assert!(matches!(
+            s.wait_for_data(q, Offset(1)).await,
+            Err(EngineError::QueueDeleted(_))
+        ));
+    });
+}
+
+/// Thousands of queues: one index file each, written at the checkpoint, loaded at reopen.
+#[test]
+fn many_queues_checkpoint_and_reload() {
+    run(|| async {
+        let io = MemStorage::new();
+        let c = ShardConfig {
+            segment_size_bytes: 4 << 20,
+            ..cfg("/m")
+        };
+        let s = open(&c, &io).await;
+        const QUEUES: u32 = 3000;
+        let tasks: Vec<_> = (0..50u32)
+            .map(|t| {
+                let s = s.clone();
+                glommio::spawn_local(async move {
+                    for q in (t..QUEUES).step_by(50) {
+                        let b = batch(1 + (q % 3) as usize, 0, -1, -1, 20);
+                        s.append(QueueId(q), b, Durability::Written).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        s.close().await.unwrap();
+        drop(s);
+        let idx = io
+            .paths()
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+            .count();
+        assert_eq!(idx, QUEUES as usize);
+        let s = open(&c, &io).await;
+        assert_eq!(s.queues().len(), QUEUES as usize);
+        for q in [0, 1, 2, 1499, 2999] {
+            assert_eq!(s.end_offset(QueueId(q)), Offset(1 + u64::from(q % 3)));
+            assert_eq!(
+                read_all(&s, QueueId(q)).await,
+                vec![(0, 1 + (q % 3) as i32)]
+            );
+        }
+    });
+}

@@ -1,0 +1,360 @@
+//! A consumer: fetch loops over assigned partitions, one per leader, counting records and
+//! measuring end-to-end latency from the intended send time stamped in each value.
+//!
+//! When producers ran in the same run, a consumer keeps going after the window until it has
+//! read up to the log end it finds once every producer is done (all acknowledged records), or
+//! until the drain timeout, after which whatever it has not read counts as `not_consumed`.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+
+use crate::client::cluster::connect_any;
+use crate::client::cluster::{list_offsets, topic_name};
+use crate::client::conn::{with_timeout, ClientError, Conn};
+use crate::client::group::{Beat, Member, HEARTBEAT_INTERVAL};
+use crate::client::records::{read_batches, stamp_of};
+use crate::clock::now_ns;
+use crate::ctx::CoreCtx;
+use crate::stats::{ErrorKind, Kind};
+
+/// Pause after a failed fetch before trying again.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Kafka's OFFSET_OUT_OF_RANGE error code.
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+/// How often a draining consumer checks whether the producers are done.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// A partition and the offset to read next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Runs one consumer over `positions` until the run is over for it.
+pub async fn run(ctx: Rc<CoreCtx>, positions: Vec<Position>) {
+    // Start with the producers, so a catch-up read is timed from the window's start.
+    let now = now_ns();
+    if now < ctx.window.start_ns {
+        glommio::timer::sleep(Duration::from_nanos(ctx.window.start_ns - now)).await;
+    }
+    let by_leader = match ctx
+        .cluster
+        .by_leader(&positions.iter().map(|p| p.partition).collect::<Vec<_>>())
+    {
+        Ok(m) => m,
+        Err(_) => {
+            ctx.error(ErrorKind::Protocol);
+            return;
+        }
+    };
+    let loops = by_leader.into_iter().map(|(addr, parts)| {
+        let mine = positions
+            .iter()
+            .filter(|p| parts.contains(&p.partition))
+            .copied()
+            .collect();
+        glommio::spawn_local(fetch_loop(ctx.clone(), addr, mine))
+    });
+    for task in loops.collect::<Vec<_>>() {
+        task.await;
+    }
+}
+
+/// Runs one consumer-group member: joins, reads its assigned partitions from the shared
+/// positions, heartbeats, and on a rebalance stops its fetch loops and joins again. Leaves
+/// the group once every member of this run is done.
+pub async fn run_member(ctx: Rc<CoreCtx>, group: String) {
+    let timeout = ctx.args.request_timeout;
+    let (topic, partitions) = (ctx.cluster.topic.clone(), ctx.cluster.partitions());
+    let joined = async {
+        let mut boot = connect_any(&ctx.args.bootstrap, timeout).await?;
+        Member::join(&mut boot, &group, &topic, partitions, timeout).await
+    };
+    let (mut member, mut assigned) = match joined.await {
+        Ok(j) => j,
+        Err(e) => {
+            ctx.error(classify(&e));
+            ctx.shared.members_running.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+    };
+    'generation: loop {
+        let positions: Vec<Position> = assigned
+            .iter()
+            .map(|&p| Position {
+                partition: p,
+                offset: ctx.position(p),
+            })
+            .collect();
+        let reader = glommio::spawn_local(run(ctx.clone(), positions));
+        let finished = std::cell::Cell::new(false);
+        let read = async {
+            reader.await;
+            finished.set(true);
+        };
+        let beat = async {
+            loop {
+                glommio::timer::sleep(HEARTBEAT_INTERVAL).await;
+                match member.heartbeat(timeout).await {
+                    Ok(Beat::Steady) => {}
+                    Ok(Beat::Rejoin) => return,
+                    Err(e) => ctx.error(classify(&e)),
+                }
+            }
+        };
+        // Whichever ends first: the reads (done) or a rebalance (the reads are cancelled).
+        futures_lite::future::or(read, beat).await;
+        if finished.get() {
+            break 'generation;
+        }
+        match member.rejoin().await {
+            Ok(a) => assigned = a,
+            Err(e) => {
+                ctx.error(classify(&e));
+                break 'generation;
+            }
+        }
+    }
+    ctx.shared.members_running.fetch_sub(1, Ordering::AcqRel);
+    while ctx.shared.members_running.load(Ordering::Acquire) > 0 {
+        glommio::timer::sleep(DRAIN_POLL).await;
+    }
+    if let Err(e) = member.leave(timeout).await {
+        ctx.error(classify(&e));
+    }
+}
+
+fn classify(e: &ClientError) -> ErrorKind {
+    match e {
+        ClientError::Timeout { .. } => ErrorKind::Timeout,
+        ClientError::Broker { code, .. } => ErrorKind::from_code(*code),
+        ClientError::Io { .. } | ClientError::Closed { .. } | ClientError::Connect { .. } => {
+            ErrorKind::Disconnect
+        }
+        _ => ErrorKind::Protocol,
+    }
+}
+
+/// One fetch loop against one leader.
+pub async fn fetch_loop(ctx: Rc<CoreCtx>, addr: String, mut positions: Vec<Position>) {
+    let mut conn: Option<Conn> = None;
+    // Log end offsets to reach, known once the producers are done.
+    let mut targets: Option<Vec<i64>> = None;
+    let mut drain_deadline: Option<u64> = None;
+    loop {
+        if conn.is_none() {
+            match Conn::connect(&addr, ctx.args.request_timeout).await {
+                Ok(c) => conn = Some(c),
+                Err(_) => {
+                    ctx.error(ErrorKind::Disconnect);
+                    start_drain_clock(&ctx, &mut drain_deadline);
+                    if past(&ctx, drain_deadline) {
+                        break;
+                    }
+                    glommio::timer::sleep(RETRY_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        if done(&ctx, c, &positions, &mut targets, &mut drain_deadline).await {
+            break;
+        }
+        match fetch_once(&ctx, c, &mut positions).await {
+            Ok(true) => {}
+            Ok(false) => glommio::timer::sleep(RETRY_BACKOFF).await, // partition errors
+            Err(e) => {
+                ctx.error(classify(&e));
+                conn = None;
+                glommio::timer::sleep(RETRY_BACKOFF).await;
+            }
+        }
+    }
+    if let (Some(targets), true) = (targets, drain_deadline.is_some()) {
+        let missing: i64 = positions
+            .iter()
+            .zip(&targets)
+            .map(|(p, t)| (t - p.offset).max(0))
+            .sum();
+        if missing > 0 {
+            ctx.shared.error(ErrorKind::NotConsumed, missing as u64);
+        }
+    }
+}
+
+/// Once the producers are done, a consumer that cannot reach its broker gets the drain
+/// timeout and no more: without this it would retry forever.
+fn start_drain_clock(ctx: &CoreCtx, deadline: &mut Option<u64>) {
+    if deadline.is_none() && ctx.shared.producers_running.load(Ordering::Acquire) == 0 {
+        *deadline = Some(now_ns() + ctx.args.drain_timeout.as_nanos() as u64);
+    }
+}
+
+fn past(ctx: &CoreCtx, deadline: Option<u64>) -> bool {
+    let now = now_ns();
+    match deadline {
+        Some(d) => now >= d,
+        None => !ctx.with_producers && now >= ctx.window.end_ns,
+    }
+}
+
+/// Whether this loop is finished: consumers alone stop at the end of the window; with
+/// producers, at the log end found once they are all done (or at the drain deadline).
+async fn done(
+    ctx: &CoreCtx,
+    conn: &mut Conn,
+    positions: &[Position],
+    targets: &mut Option<Vec<i64>>,
+    drain_deadline: &mut Option<u64>,
+) -> bool {
+    if !ctx.with_producers {
+        return now_ns() >= ctx.window.end_ns;
+    }
+    if targets.is_none() {
+        if ctx.shared.producers_running.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let parts: Vec<i32> = positions.iter().map(|p| p.partition).collect();
+        match list_offsets(conn, &ctx.cluster.topic, &parts, -1).await {
+            Ok(ends) => {
+                *targets = Some(ends);
+                *drain_deadline = Some(now_ns() + ctx.args.drain_timeout.as_nanos() as u64);
+            }
+            Err(_) => {
+                ctx.error(ErrorKind::Protocol);
+                start_drain_clock(ctx, drain_deadline);
+                if past(ctx, *drain_deadline) {
+                    return true;
+                }
+                glommio::timer::sleep(DRAIN_POLL).await;
+                return false;
+            }
+        }
+    }
+    let reached = targets
+        .as_ref()
+        .is_some_and(|t| positions.iter().zip(t).all(|(p, end)| p.offset >= *end));
+    reached || past(ctx, *drain_deadline)
+}
+
+/// One fetch request and the bookkeeping of its response; `Ok(false)` when a partition
+/// answered with an error (the caller backs off).
+async fn fetch_once(
+    ctx: &CoreCtx,
+    conn: &mut Conn,
+    positions: &mut [Position],
+) -> Result<bool, ClientError> {
+    let args = &ctx.args;
+    let partition_max = (args.fetch_max_bytes / positions.len().max(1))
+        .max(1 << 20)
+        .min(i32::MAX as usize);
+    let parts = positions
+        .iter()
+        .map(|p| {
+            FetchPartition::default()
+                .with_partition(p.partition)
+                .with_fetch_offset(p.offset)
+                .with_current_leader_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(partition_max as i32)
+        })
+        .collect();
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(args.fetch_max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(args.fetch_max_bytes.min(i32::MAX as usize) as i32)
+        .with_isolation_level(0)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(&ctx.cluster.topic))
+            .with_topic_id(ctx.cluster.topic_id)
+            .with_partitions(parts)]);
+    let wait = args.request_timeout + Duration::from_millis(args.fetch_max_wait_ms.max(0) as u64);
+    let resp: FetchResponse = with_timeout(wait, "a fetch response", conn.call(&req)).await?;
+    if resp.throttle_time_ms > 0 {
+        ctx.error(ErrorKind::Throttled);
+    }
+    if resp.error_code != 0 {
+        return Err(ClientError::broker("fetch", resp.error_code));
+    }
+    let now = now_ns();
+    let mut clean = true;
+    for topic in &resp.responses {
+        if topic.topic.0.as_str() != ctx.cluster.topic && topic.topic_id != ctx.cluster.topic_id {
+            continue;
+        }
+        for part in &topic.partitions {
+            let Some(pos) = positions
+                .iter_mut()
+                .find(|p| p.partition == part.partition_index)
+            else {
+                ctx.error(ErrorKind::Protocol);
+                clean = false;
+                continue;
+            };
+            if part.error_code != 0 {
+                ctx.error(ErrorKind::from_code(part.error_code));
+                clean = false;
+                if part.error_code == OFFSET_OUT_OF_RANGE {
+                    reset_offset(ctx, conn, pos).await?;
+                }
+                continue;
+            }
+            let Some(data) = part.records.as_ref() else {
+                continue;
+            };
+            clean &= consume(ctx, pos, data, now);
+        }
+    }
+    Ok(clean)
+}
+
+/// Counts the records of one partition's fetched bytes and records their end-to-end latency.
+/// Returns false when the bytes could not be read (the position stays; the caller backs off).
+fn consume(ctx: &CoreCtx, pos: &mut Position, data: &[u8], now: u64) -> bool {
+    // As for produce: latency by intended time, throughput by the time of reading.
+    let summary = read_batches(data, pos.offset, |_, value| {
+        if let Some(intended) = stamp_of(value) {
+            let m = ctx.window.measures(intended);
+            ctx.record(Kind::EndToEnd, now.saturating_sub(intended), m);
+        }
+    });
+    match summary {
+        Ok(s) => {
+            if let Some(next) = s.next_offset {
+                pos.offset = pos.offset.max(next);
+                ctx.set_position(pos.partition, pos.offset);
+            }
+            ctx.shared.consumed.add(s.records, s.value_bytes);
+            if ctx.window.measures(now) {
+                ctx.shared.consumed_measured.add(s.records, s.value_bytes);
+            }
+            true
+        }
+        Err(_) => {
+            ctx.error(ErrorKind::Protocol);
+            false
+        }
+    }
+}
+
+/// Moves a partition whose offset the broker no longer has to where `--from` says.
+async fn reset_offset(
+    ctx: &CoreCtx,
+    conn: &mut Conn,
+    pos: &mut Position,
+) -> Result<(), ClientError> {
+    let ts = ctx.args.from.list_offsets_timestamp();
+    let offsets = list_offsets(conn, &ctx.cluster.topic, &[pos.partition], ts).await?;
+    if let Some(&o) = offsets.first() {
+        pos.offset = o;
+    }
+    Ok(())
+}
