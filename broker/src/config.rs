@@ -64,7 +64,8 @@ pub struct Cli {
     /// Size of each commit-log segment file (preallocated).
     #[arg(long, env = "RINGMQ_SEGMENT_SIZE_BYTES")]
     pub segment_size_bytes: Option<u64>,
-    /// Background flush interval: acks=1 data becomes durable within this time.
+    /// Background flush interval: acks=1 data becomes durable within this time (default 500,
+    /// RocketMQ's async flush; 0 turns it off, leaving acks=1 data to the periodic checkpoint).
     #[arg(long, env = "RINGMQ_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
     /// Delay before the first rebalance of a new consumer group (Kafka default 3000).
@@ -151,6 +152,9 @@ pub enum ConfigError {
     Invalid { name: &'static str, why: String },
 }
 
+/// Default interval of the background flusher (RocketMQ's async-flush interval).
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 500;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -169,7 +173,7 @@ impl Default for Config {
             auto_create_topics: true,
             default_partitions: 1,
             segment_size_bytes: 1 << 30,
-            flush_interval_ms: None,
+            flush_interval_ms: Some(DEFAULT_FLUSH_INTERVAL_MS),
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
@@ -230,7 +234,11 @@ impl Config {
                 .segment_size_bytes
                 .or(file.segment_size_bytes)
                 .unwrap_or(d.segment_size_bytes),
-            flush_interval_ms: cli.flush_interval_ms.or(file.flush_interval_ms),
+            flush_interval_ms: cli
+                .flush_interval_ms
+                .or(file.flush_interval_ms)
+                .or(d.flush_interval_ms)
+                .filter(|&ms| ms > 0),
             group_initial_rebalance_delay_ms: cli
                 .group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms)
@@ -318,6 +326,16 @@ mod tests {
             (2, 4, false)
         );
         assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 9092)));
+    }
+
+    #[test]
+    fn the_flusher_runs_by_default_and_zero_turns_it_off() {
+        let c = Config::resolve(Cli::try_parse_from(["ringmq"]).unwrap()).unwrap();
+        assert_eq!(c.flush_interval_ms, Some(DEFAULT_FLUSH_INTERVAL_MS));
+        let cli = Cli::try_parse_from(["ringmq", "--flush-interval-ms", "0"]).unwrap();
+        assert_eq!(Config::resolve(cli).unwrap().flush_interval_ms, None);
+        let cli = Cli::try_parse_from(["ringmq", "--flush-interval-ms", "20"]).unwrap();
+        assert_eq!(Config::resolve(cli).unwrap().flush_interval_ms, Some(20));
     }
 
     #[test]

@@ -310,6 +310,8 @@ pub async fn futures_join_all<F: std::future::Future>(
 pub fn begin_stop(core: &Core) {
     core.stopping.set(true);
     core.stop.notify_all();
+    // Long polls waiting for data re-check `stopping` and answer now.
+    core.appended.notify_all();
 }
 
 pub fn shared_shutdown_requested(shared: &Shared) -> bool {

@@ -5,12 +5,13 @@
 //!  conn     one connection: framing, limits, pipelining, response order
 //!  decode   frame → request (the fuzzed entry point)        alloc: the huge-allocation guard
 //!  api      dispatch; produce / fetch / offsets / admin / groups: the handlers
+//!  group    the consumer-group coordinator (one per core); groups routes requests to it
 //!  core     one core's state; mesh: cross-core calls        metadata: topics, the one writer
 //!  store    the engine shard (or an in-memory double)       config: flags, env, TOML
 //! ```
 
 pub mod admin;
-pub mod alloc;
+pub use ringmq_wire::alloc;
 pub mod api;
 pub mod config;
 pub mod conn;

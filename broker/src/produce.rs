@@ -40,6 +40,8 @@ pub struct PartitionResult {
     pub error_code: i16,
     pub base_offset: i64,
     pub log_start_offset: i64,
+    /// The broker's timestamp for LogAppendTime topics, else -1.
+    pub log_append_time_ms: i64,
 }
 
 impl PartitionResult {
@@ -48,6 +50,7 @@ impl PartitionResult {
             error_code: code,
             base_offset: -1,
             log_start_offset: -1,
+            log_append_time_ms: -1,
         }
     }
 }
@@ -77,12 +80,17 @@ pub async fn handle(core: &Rc<Core>, req: ProduceRequest, version: i16) -> Optio
             };
             match split_valid(part.records.as_ref()) {
                 Ok(batches) => {
+                    let log_append_time = meta.topic(topic.name.as_str()).is_some_and(|t| {
+                        t.configs.get(TIMESTAMP_TYPE_CONFIG).map(String::as_str)
+                            == Some("LogAppendTime")
+                    });
                     per_core.entry(place.core).or_default().push(Work {
                         ti,
                         pi,
                         place,
                         batches,
                         durability,
+                        log_append_time,
                     });
                     slots.push(PartitionResult::error(errors::UNKNOWN_SERVER_ERROR));
                 }
@@ -132,7 +140,7 @@ pub async fn handle(core: &Rc<Core>, req: ProduceRequest, version: i16) -> Optio
                         .with_index(part.index)
                         .with_error_code(r.error_code)
                         .with_base_offset(r.base_offset)
-                        .with_log_append_time_ms(-1)
+                        .with_log_append_time_ms(r.log_append_time_ms)
                         .with_log_start_offset(r.log_start_offset)
                 })
                 .collect();
@@ -153,6 +161,8 @@ struct Work {
     place: Place,
     batches: Vec<Bytes>,
     durability: Durability,
+    /// The topic stamps batches with the broker's time (message.timestamp.type).
+    log_append_time: bool,
 }
 
 /// Splits a partition's `records` into validated batches (zero-copy slices).
@@ -189,7 +199,12 @@ async fn append_on_owner(work: Vec<Work>) -> Vec<PartitionResult> {
 async fn append_partition(core: &Core, w: Work) -> PartitionResult {
     let queue = w.place.queue_id();
     let mut first: Option<i64> = None;
+    let append_time = w.log_append_time.then(crate::store::now_ms);
     for batch in w.batches {
+        let batch = match append_time {
+            Some(now) => stamp_log_append_time(&batch, now),
+            None => batch,
+        };
         let header = match BatchHeader::parse(&batch) {
             Ok(h) => h,
             Err(e) => return PartitionResult::error(batch_error_code(&e)),
@@ -220,10 +235,27 @@ async fn append_partition(core: &Core, w: Work) -> PartitionResult {
         first.get_or_insert(base);
     }
     PartitionResult {
+        log_append_time_ms: append_time.unwrap_or(-1),
         error_code: errors::NONE,
         base_offset: first.unwrap_or(-1),
         log_start_offset: core.store.log_start_offset(queue).0 as i64,
     }
+}
+
+/// Topic config naming the timestamp type (`CreateTime` or `LogAppendTime`).
+pub const TIMESTAMP_TYPE_CONFIG: &str = "message.timestamp.type";
+
+/// A copy of `batch` marked LogAppendTime with `now` as its max timestamp, as Kafka stores
+/// batches of LogAppendTime topics (attributes and max timestamp are under the CRC, so it is
+/// recomputed). The only path where the broker rewrites batch bytes.
+fn stamp_log_append_time(batch: &Bytes, now: i64) -> Bytes {
+    let mut b = bytes::BytesMut::from(&batch[..]);
+    let attributes = i16::from_be_bytes([b[21], b[22]]) | 0x08;
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    b[35..43].copy_from_slice(&now.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
 }
 
 /// What the idempotence check decided for one batch.

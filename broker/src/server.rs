@@ -250,15 +250,18 @@ async fn open_store(config: &Config, id: usize) -> Result<Store, String> {
     match config.storage {
         StorageKind::Memory => Ok(Store::Memory(Rc::new(MemStore::default()))),
         StorageKind::Engine => {
+            // The engine is given an absolute path: a relative one fails its directory fsync
+            // (glommio opens the directory through io_uring; seen as EBADF on 2026-11-21).
+            let dir = config.data_dir.join(format!("shard-{id}"));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let shard_config = ShardConfig {
-                dir: config.data_dir.join(format!("shard-{id}")),
+                dir,
                 segment_size_bytes: config.segment_size_bytes,
                 flush_interval_ms: config.flush_interval_ms,
                 io_memory_bytes: io_memory_per_core(config.cores),
                 ..ShardConfig::default()
             };
-            std::fs::create_dir_all(&shard_config.dir)
-                .map_err(|e| format!("{}: {e}", shard_config.dir.display()))?;
             Shard::open(shard_config)
                 .await
                 .map(Store::Engine)

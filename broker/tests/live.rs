@@ -593,3 +593,133 @@ fn groups_on_several_cores_join_commit_and_fetch_offsets() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// ListOffsets by timestamp answers the first record at or after the timestamp, inside plain
+/// and compressed batches alike (not the start of the batch holding it).
+#[test]
+fn list_offsets_by_timestamp_finds_the_record_inside_plain_and_gzip_batches() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::records::{
+        Compression, Record as KRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut c = broker.client();
+    create_topic(&mut c, "ts", 1);
+    // Offsets 0..5 plain, timestamps 1000..1004; offsets 5..10 gzip, timestamps 2000..2004.
+    assert_eq!(
+        produce(&mut c, "ts", 0, batch(5, ProducerStamp::NONE), 1),
+        (0, 0)
+    );
+    let records: Vec<KRecord> = (0..5)
+        .map(|i| KRecord {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: -1,
+            timestamp: 2000 + i,
+            key: None,
+            value: Some(Bytes::from(vec![b'z'; 300])),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut gz = bytes::BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::Gzip,
+    };
+    RecordBatchEncoder::encode(&mut gz, &records, &options).unwrap();
+    assert_eq!(produce(&mut c, "ts", 0, gz.to_vec(), 1), (0, 5));
+    for (ts, want_offset, want_ts) in [
+        (1002, 2, 1002),
+        (1500, 5, 2000),
+        (2003, 8, 2003),
+        (9999, -1, -1),
+    ] {
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(name("ts"))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(ts)])]);
+        let resp: ListOffsetsResponse = c.call(7, &req);
+        let p = &resp.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.offset, p.timestamp),
+            (0, want_offset, want_ts),
+            "timestamp {ts}"
+        );
+    }
+}
+
+/// Topics created with message.timestamp.type=LogAppendTime store batches stamped with the
+/// broker's time (attribute bit set, CRC still valid) and report it in the produce response.
+#[test]
+fn log_append_time_topics_stamp_batches_with_the_broker_clock() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let broker = Broker::start(&["--storage", "memory"]);
+    let mut c = broker.client();
+    let req = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+        .with_name(name("lat"))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        .with_configs(vec![CreatableTopicConfig::default()
+            .with_name(StrBytes::from_static_str("message.timestamp.type"))
+            .with_value(Some(StrBytes::from_static_str("LogAppendTime")))])]);
+    let created: CreateTopicsResponse = c.call(7, &req);
+    assert_eq!(created.topics[0].error_code, 0);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let resp: ProduceResponse = c.call(9, &produce_req("lat", 0, batch(3, ProducerStamp::NONE), 1));
+    let p = &resp.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 0);
+    assert!(
+        p.log_append_time_ms >= before,
+        "log append time {}",
+        p.log_append_time_ms
+    );
+    let fetched: FetchResponse = c.call(11, &fetch_req("lat", 0, 0, 0));
+    let records = fetched.responses[0].partitions[0].records.clone().unwrap();
+    let h = validate(&records).expect("CRC recomputed");
+    assert!(h.is_log_append_time());
+    assert_eq!(h.max_timestamp, p.log_append_time_ms);
+}
+
+/// The defaults use a relative data directory (./ringmq-data): it must work with the engine.
+#[test]
+fn relative_data_dir_works_and_sigterm_exits_zero() {
+    use std::io::BufRead;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .current_dir(cwd.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--segment-size-bytes",
+            "16777216",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("ringmq listening on 127.0.0.1:"),
+        "{line:?}"
+    );
+    assert!(cwd.path().join("ringmq-data/shard-0").is_dir());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

@@ -235,15 +235,20 @@ impl GroupCommit {
     fn may_issue(&self) -> bool {
         self.poisoned.borrow().is_none()
             && !self.partial_inflight.get()
-            && self.inflight.borrow().len() < MAX_WRITES_IN_FLIGHT
+            && self.inflight.borrow().len() < crate::exp::inflight()
     }
 
     fn idle(&self) -> bool {
         self.inflight.borrow().is_empty()
     }
 
+    /// No write and no fdatasync in flight (background work may use the disk).
+    pub fn quiescent(&self) -> bool {
+        self.idle() && !self.syncing.get()
+    }
+
     fn busy(&self) -> bool {
-        self.inflight.borrow().len() >= BUSY_WRITES
+        self.inflight.borrow().len() >= crate::exp::busy()
     }
 
     fn begin_write(&self, data_end: u64, partial: bool) -> u64 {
@@ -335,7 +340,7 @@ impl Inner {
                 match st.appender.take_sealed() {
                     Some(w) => Some(w),
                     None if idle => st.appender.cut(&*self.io, true, 0),
-                    None if busy => st.appender.cut(&*self.io, false, MIN_CUT_BYTES_WHEN_BUSY),
+                    None if busy => st.appender.cut(&*self.io, false, crate::exp::mincut()),
                     None => st.appender.cut(&*self.io, false, 0),
                 }
             };

@@ -39,6 +39,9 @@ pub enum EngineError {
         offset: u64,
         reason: &'static str,
     },
+    /// Another shard (this process or another) holds the directory's lock.
+    #[error("shard directory is in use: {} is locked by another opener", path.display())]
+    Locked { path: PathBuf },
     #[error("shard is closed")]
     Closed,
     /// The configuration cannot work (e.g. a batch limit larger than a segment).

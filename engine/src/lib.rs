@@ -36,7 +36,7 @@ mod shard;
 mod shard_tests;
 
 pub use error::EngineError;
-pub use shard::Shard;
+pub use shard::{Shard, LOCK_FILE};
 
 use std::path::PathBuf;
 
@@ -178,4 +178,15 @@ mod tests {
         );
         assert_eq!(n % 4096, 0);
     }
+}
+#[doc(hidden)]
+pub mod exp {
+    fn get(name: &str, d: u64) -> u64 {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    }
+    thread_local!(static V: (u64, usize, usize, u64) = (get("EXP_CHUNK", 1 << 20), get("EXP_INFLIGHT", 8) as usize, get("EXP_BUSY", 4) as usize, get("EXP_MINCUT", 256 << 10)));
+    pub fn chunk() -> u64 { V.with(|v| v.0) }
+    pub fn inflight() -> usize { V.with(|v| v.1) }
+    pub fn busy() -> usize { V.with(|v| v.2) }
+    pub fn mincut() -> u64 { V.with(|v| v.3) }
 }

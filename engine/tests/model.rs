@@ -1,6 +1,8 @@
 //! Model-based property test of the shard: random sequences of appends (single and concurrent,
-//! Written and Durable, good and refused batches), reads, segment rolls, retention, flushes,
-//! crashes and clean reopens, checked step by step against a `Vec` per queue.
+//! Written and Durable, plain and idempotent-producer, good and refused batches), reads,
+//! timestamp lookups, segment rolls, retention, queue deletes, flushes, crashes (between
+//! operations and with appends in flight) and clean reopens, checked step by step against a
+//! `Vec` per queue.
 //!
 //! Two variants run the same operations:
 //! - `mem`: on the engine's in-memory fault-injecting storage (`MemStorage`). A crash reverts
@@ -17,9 +19,12 @@
 //! torn tail recovered as data or a valid entry after a hole accepted; offsets reassigned or
 //! skipped after recovery; reads that start at the wrong batch, skip one, exceed `max_bytes`
 //! with more than one batch, or see stale bytes across a segment roll; retention that removes
-//! part of a batch, the active segment, or anything when it is off; bad batches stored anyway.
+//! part of a batch, the active segment, or anything when it is off; bad batches stored anyway;
+//! a deleted queue that comes back after a crash or still takes appends; a timestamp lookup
+//! that assumes timestamps follow offsets; producer state (last 5 batches per producer) that
+//! is lost or wrong after recovery.
 //!
-//! Cases: `PROPTEST_CASES` (default 48 for `mem`, 16 for `disk`).
+//! Cases: `PROPTEST_CASES` (default 64 for `mem`, 32 for `disk`).
 
 mod common;
 
@@ -30,14 +35,22 @@ use std::rc::Rc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use ringmq_engine::io::{CrashMode, MemStorage, Storage};
-use ringmq_engine::{Durability, EngineError, Offset, QueueId, Shard, ShardConfig};
+use ringmq_engine::{Durability, EngineError, Offset, ProducerBatch, QueueId, Shard, ShardConfig};
 
-use common::{make_batch, record_count, run_glommio, small_config, stored_mismatch};
+use common::{
+    make_batch, make_batch_stamped, record_count, run_glommio, small_config, stored_mismatch,
+};
+use ringmq_wire::record_batch::{BatchHeader, ProducerStamp};
 
 /// Largest batch the model's shards accept; the generator stays under it except on purpose.
 const MAX_BATCH_BYTES: u32 = 16 << 10;
 /// Queues the generator picks from (queue 3 is rare, so some queues stay empty).
 const QUEUES: u32 = 4;
+/// Idempotent producers the generator uses, with ids from `PRODUCER_ID_BASE`.
+const PRODUCERS: u8 = 3;
+const PRODUCER_ID_BASE: i64 = 1000;
+/// Batches per (queue, producer) the engine must remember.
+const PRODUCER_HISTORY: usize = 5;
 /// Read size used when the model reads a whole queue back.
 const SCAN_READ_BYTES: usize = 48 << 10;
 
@@ -51,6 +64,8 @@ struct AppendSpec {
     records: usize,
     value_len: usize,
     durable: bool,
+    /// Idempotent producer `PRODUCER_ID_BASE + n` stamps the batch; None = plain producer.
+    producer: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -109,14 +124,22 @@ fn queue_strategy() -> impl Strategy<Value = u32> {
 }
 
 fn append_strategy() -> impl Strategy<Value = AppendSpec> {
-    (queue_strategy(), 1..=4usize, 0..3000usize, any::<bool>()).prop_map(
-        |(queue, records, value_len, durable)| AppendSpec {
-            queue,
-            records,
-            value_len,
-            durable,
-        },
+    (
+        queue_strategy(),
+        1..=4usize,
+        0..3000usize,
+        any::<bool>(),
+        prop::option::weighted(0.4, 0..PRODUCERS),
     )
+        .prop_map(
+            |(queue, records, value_len, durable, producer)| AppendSpec {
+                queue,
+                records,
+                value_len,
+                durable,
+                producer,
+            },
+        )
 }
 
 fn crash_strategy() -> impl Strategy<Value = CrashSpec> {
@@ -423,6 +446,53 @@ fn check_offsets(shard: &Shard, model: &mut Model) -> Check {
             "retention removed the newest batch (seq {seq}), which is in the active segment"
         );
     }
+    check_producers(shard, model)
+}
+
+/// The engine remembers, per queue and idempotent producer, the last
+/// [`PRODUCER_HISTORY`] batches of what the queue holds (newest last), across restarts.
+/// Skipped under retention (whether state of deleted segments is kept is the broker's policy).
+fn check_producers(shard: &Shard, model: &Model) -> Check {
+    if model.retention_on {
+        return Ok(());
+    }
+    let mut max_pid = None;
+    for (&q, mq) in &model.queues {
+        if mq.deleted {
+            continue;
+        }
+        for p in 0..PRODUCERS {
+            let pid = PRODUCER_ID_BASE + i64::from(p);
+            let mine: Vec<ProducerBatch> = mq
+                .batches
+                .iter()
+                .filter_map(|b| {
+                    let h = BatchHeader::parse(&b.sent).ok()?;
+                    (h.producer_id == pid).then(|| ProducerBatch {
+                        epoch: h.producer_epoch,
+                        first_seq: h.base_sequence,
+                        last_seq: h.base_sequence + h.last_offset_delta,
+                        base_offset: Offset(b.base),
+                        last_offset: Offset(b.end() - 1),
+                    })
+                })
+                .collect();
+            if !mine.is_empty() {
+                max_pid = max_pid.max(Some(pid));
+            }
+            let expected = &mine[mine.len().saturating_sub(PRODUCER_HISTORY)..];
+            let got = shard.producer_batches(QueueId(q), pid);
+            ensure!(
+                got == expected,
+                "q{q}: producer_batches({pid}) = {got:?}, model {expected:?}"
+            );
+        }
+    }
+    let got = shard.max_producer_id();
+    ensure!(
+        got >= max_pid,
+        "max_producer_id {got:?} below a producer id the shard holds ({max_pid:?})"
+    );
     Ok(())
 }
 
@@ -448,7 +518,16 @@ struct Harness {
 impl Harness {
     fn next_batch(&mut self, spec: &AppendSpec) -> Bytes {
         self.batch_seed += 1;
-        make_batch(self.batch_seed, spec.records, spec.value_len)
+        let stamp = match spec.producer {
+            // Sequences only need to be distinct and increasing here; the broker checks them.
+            Some(p) => ProducerStamp {
+                producer_id: PRODUCER_ID_BASE + i64::from(p),
+                producer_epoch: i16::from(p),
+                base_sequence: (self.batch_seed * 8) as i32,
+            },
+            None => ProducerStamp::NONE,
+        };
+        make_batch_stamped(self.batch_seed, spec.records, spec.value_len, stamp)
     }
 
     fn fsync_count(&self) -> Option<u64> {
@@ -789,7 +868,7 @@ impl Harness {
             .batches
             .iter()
             .zip(&max_ts)
-            .find(|(_, &t)| t > ts)
+            .find(|(_, &t)| t >= ts)
             .map(|(b, &t)| (Offset(b.base), t));
         let got = self
             .shard
@@ -1087,7 +1166,7 @@ fn run_disk(s: Scenario) -> Check {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn mem_shard_matches_model(s in scenario_strategy()) {
@@ -1098,7 +1177,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(16), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(32), ..ProptestConfig::default() })]
 
     #[test]
     fn disk_shard_matches_model(s in scenario_strategy()) {
@@ -1118,6 +1197,7 @@ fn mem_fixed_scenario() {
             records: 3,
             value_len: 2500,
             durable,
+            producer: Some(queue as u8 % PRODUCERS),
         })
     };
     let mut ops = vec![a(0, true), a(1, false), a(0, false), a(2, true)];
@@ -1133,6 +1213,7 @@ fn mem_fixed_scenario() {
                 records: 2,
                 value_len: 900,
                 durable: i % 2 == 0,
+                producer: None,
             })
             .collect(),
     ));

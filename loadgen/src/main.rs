@@ -15,6 +15,11 @@ use ringmq_loadgen::raw::run_raw;
 use ringmq_loadgen::report::{self, Report};
 use ringmq_loadgen::run::{run, RunOutput};
 
+/// Responses come from brokers we do not control: kafka-protocol's decoders size vectors from
+/// the lengths they carry, and this allocator keeps a crafted length from aborting the tool.
+#[global_allocator]
+static ALLOC: ringmq_wire::alloc::LazyHugeAlloc = ringmq_wire::alloc::LazyHugeAlloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match main_inner(&args) {

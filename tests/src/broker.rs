@@ -91,6 +91,10 @@ fn build_broker_binary() -> PathBuf {
 pub struct BrokerOptions {
     pub cores: u32,
     pub default_partitions: u32,
+    /// Commit-log segment size. Small by default (the broker's own default is 1 GiB,
+    /// preallocated per core): tests then take little disk, and the ones that write more than a
+    /// segment cross segment boundaries.
+    pub segment_size_bytes: u64,
     /// Extra command-line arguments, appended last.
     pub extra_args: Vec<String>,
 }
@@ -100,6 +104,7 @@ impl Default for BrokerOptions {
         BrokerOptions {
             cores: 1,
             default_partitions: 1,
+            segment_size_bytes: 16 << 20,
             extra_args: Vec::new(),
         }
     }
@@ -113,6 +118,11 @@ impl BrokerOptions {
 
     pub fn default_partitions(mut self, partitions: u32) -> Self {
         self.default_partitions = partitions;
+        self
+    }
+
+    pub fn segment_size_bytes(mut self, bytes: u64) -> Self {
+        self.segment_size_bytes = bytes;
         self
     }
 
@@ -193,6 +203,9 @@ pub struct Broker {
     addr: SocketAddr,
     log: Arc<BrokerLog>,
     starts: u32,
+    /// The threads copying the current run's stdout and stderr into `log`; they end when the
+    /// process closes its pipes, i.e. when it exits.
+    pumps: Vec<thread::JoinHandle<()>>,
     /// Dropped with the broker, which stops its watchdog.
     _watchdog: std::sync::mpsc::SyncSender<()>,
 }
@@ -219,6 +232,7 @@ impl Broker {
             _watchdog: start_watchdog(Arc::clone(&log)),
             log,
             starts: 0,
+            pumps: Vec::new(),
         };
         broker.spawn();
         broker
@@ -410,6 +424,8 @@ impl Broker {
             .arg(self.options.cores.to_string())
             .arg("--default-partitions")
             .arg(self.options.default_partitions.to_string())
+            .arg("--segment-size-bytes")
+            .arg(self.options.segment_size_bytes.to_string())
             .args(&self.options.extra_args)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -438,8 +454,10 @@ impl Broker {
         let mut child = command.spawn().expect("spawning the ringmq binary");
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        pump_lines(stdout, Arc::clone(&self.log));
-        pump_lines(stderr, Arc::clone(&self.log));
+        self.pumps = vec![
+            pump_lines(stdout, Arc::clone(&self.log)),
+            pump_lines(stderr, Arc::clone(&self.log)),
+        ];
         self.child = Some(child);
         self.addr = self.wait_listening();
     }
@@ -457,6 +475,7 @@ impl Broker {
                 .and_then(|child| child.try_wait().ok().flatten());
             if let Some(status) = exited {
                 drop(state);
+                self.drain_output();
                 panic!(
                     "ringmq exited ({status}) before printing '{LISTENING_MARKER}ADDR'; output:\n{}",
                     self.output()
@@ -481,6 +500,13 @@ impl Broker {
         }
     }
 
+    /// After the process exited: waits until its last lines are in the log.
+    fn drain_output(&mut self) {
+        for pump in self.pumps.drain(..) {
+            let _ = pump.join();
+        }
+    }
+
     fn signal(&mut self, signal: libc::c_int) {
         let child = self.child.as_ref().expect("broker was started");
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
@@ -495,6 +521,7 @@ impl Broker {
         let status = wait_until(DEADLINE, "ringmq to exit", || {
             child.try_wait().expect("waiting for ringmq")
         });
+        self.drain_output();
         self.log.push(format!(
             "=== ringmq run #{} ended: {status} ===",
             self.starts
@@ -511,6 +538,7 @@ impl Drop for Broker {
                 let _ = child.wait();
             }
         }
+        self.drain_output();
         if thread::panicking() {
             eprintln!(
                 "----- ringmq output (data dir {}) -----\n{}----- end of ringmq output -----",
@@ -541,7 +569,7 @@ fn start_watchdog(log: Arc<BrokerLog>) -> std::sync::mpsc::SyncSender<()> {
     alive
 }
 
-fn pump_lines(pipe: impl Read + Send + 'static, log: Arc<BrokerLog>) {
+fn pump_lines(pipe: impl Read + Send + 'static, log: Arc<BrokerLog>) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
         let mut line = Vec::new();
@@ -555,5 +583,5 @@ fn pump_lines(pipe: impl Read + Send + 'static, log: Arc<BrokerLog>) {
                 }
             }
         }
-    });
+    })
 }

@@ -1,5 +1,7 @@
 //! Hostile and broken bytes over raw TCP: the broker answers with the proper error or closes
 //! that connection, never dies, never stops serving other clients, never damages stored data.
+//! Also the configured limits (connections, frame size) and two protocol traps (acks=0 gets no
+//! response; ApiVersions v3 carries no tagged fields).
 //!
 //! The frames are written byte by byte here, independently of the project's own codec, so a
 //! bug shared by our encoder and decoder cannot hide.
@@ -8,7 +10,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 
 use rdkafka::producer::BaseRecord;
-use ringmq_system_tests::{flush, send, Broker, DeliveryLog, DEADLINE};
+use ringmq_system_tests::{flush, send, wait_until, Broker, BrokerOptions, DeliveryLog, DEADLINE};
 
 const API_PRODUCE: i16 = 0;
 const API_METADATA: i16 = 3;
@@ -456,4 +458,141 @@ fn acks_0_produce_gets_no_response() {
     let read = broker.read_all(topic, 1);
     let values: Vec<&str> = read.iter().map(|r| r.payload_str()).collect();
     assert_eq!(values, vec!["created", "fire and forget"]);
+}
+
+/// Reads an unsigned varint (as in compact arrays and tagged-field counts) at `*at`.
+fn uvarint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut value = 0u64;
+    for shift in (0..35).step_by(7) {
+        let byte = bytes[*at];
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return value;
+        }
+    }
+    panic!("varint longer than 5 bytes");
+}
+
+/// ApiVersions v3 answers with a v0 response header and no tagged fields that hold defaults:
+/// librdkafka before 2.2.0 (still in Debian stable, with kcat) misreads a response whose
+/// tagged-field sections are not empty, starting with this one.
+#[test]
+fn api_versions_v3_response_has_empty_tagged_fields() {
+    let broker = Broker::start();
+    let mut stream = connect(&broker);
+    let body = [5, b't', b'e', b's', b't', 4, b'1', b'.', b'0', 0];
+    stream
+        .write_all(&frame(API_VERSIONS, 3, 51, true, &body))
+        .expect("write");
+    let Reply::Response(body) = read_reply(&mut stream) else {
+        panic!("ApiVersions v3 closed the connection");
+    };
+    // v0 response header: the correlation id only, no tagged fields.
+    assert_eq!(i32_at(&body, 0), 51, "correlation id");
+    assert_eq!(i16_at(&body, 4), 0, "error code");
+    let mut at = 6;
+    let count = uvarint(&body, &mut at)
+        .checked_sub(1)
+        .expect("api_keys is not null");
+    let mut keys = Vec::new();
+    for _ in 0..count {
+        keys.push(i16_at(&body, at));
+        at += 6;
+        assert_eq!(
+            uvarint(&body, &mut at),
+            0,
+            "tagged fields of an api_keys entry"
+        );
+    }
+    assert!(keys.contains(&API_PRODUCE), "ApiVersions v3 lists {keys:?}");
+    at += 4; // throttle_time_ms
+    assert_eq!(
+        uvarint(&body, &mut at),
+        0,
+        "top-level tagged fields of ApiVersions v3"
+    );
+    assert_eq!(at, body.len(), "bytes after the ApiVersions v3 response");
+}
+
+/// True when the broker answers ApiVersions on `stream` (false when it closed the connection).
+fn answers(stream: &mut TcpStream, correlation_id: i32) -> bool {
+    write_all_or_closed(stream, &frame(API_VERSIONS, 0, correlation_id, false, &[]));
+    match read_reply(stream) {
+        Reply::Response(body) => {
+            assert_eq!(i32_at(&body, 0), correlation_id, "correlation id");
+            true
+        }
+        Reply::Closed => false,
+    }
+}
+
+/// --max-connections bounds the connections served at once: one more is closed at accept, and
+/// capacity comes back when connections close (a leaked count would lock clients out for good).
+#[test]
+fn connection_limit_refuses_extra_connections_and_recovers() {
+    let mut broker = Broker::start_with(BrokerOptions::default().arg("--max-connections").arg("4"));
+    let mut open: Vec<TcpStream> = (0..4).map(|_| connect(&broker)).collect();
+    for (i, stream) in open.iter_mut().enumerate() {
+        assert!(
+            answers(stream, i as i32),
+            "connection {i} of 4 was not served"
+        );
+    }
+    let mut extra = connect(&broker);
+    assert!(
+        !answers(&mut extra, 99),
+        "a 5th connection was served with --max-connections 4"
+    );
+
+    // Close two, then two new connections must be served (the broker may notice the closes a
+    // little later: wait for it).
+    open.truncate(2);
+    for attempt in 0..2 {
+        wait_until(DEADLINE, "a freed connection slot", || {
+            let mut stream = connect(&broker);
+            answers(&mut stream, 100 + attempt).then(|| open.push(stream))
+        });
+    }
+    assert_serving_with_all_slots_used(&mut broker, open);
+}
+
+/// With every slot taken, the broker is alive but refuses; after they close, it serves again.
+fn assert_serving_with_all_slots_used(broker: &mut Broker, open: Vec<TcpStream>) {
+    assert!(
+        broker.is_running(),
+        "the broker died at its connection limit"
+    );
+    let mut refused = connect(broker);
+    assert!(
+        !answers(&mut refused, 200),
+        "served a 5th connection after slots were reused"
+    );
+    drop(open);
+    wait_until(DEADLINE, "slots freed after all connections closed", || {
+        let mut stream = connect(broker);
+        answers(&mut stream, 201).then_some(())
+    });
+}
+
+/// --max-frame-bytes: a frame announced above the configured maximum closes the connection;
+/// real clients with smaller requests keep working.
+#[test]
+fn frames_above_the_configured_maximum_are_refused() {
+    let mut broker = Broker::start_with(
+        BrokerOptions::default()
+            .arg("--max-frame-bytes")
+            .arg("65536"),
+    );
+    let mut stream = connect(&broker);
+    write_all_or_closed(&mut stream, &100_000i32.to_be_bytes());
+    write_all_or_closed(&mut stream, &[0u8; 1024]);
+    assert_eq!(
+        read_reply(&mut stream),
+        Reply::Closed,
+        "100000-byte frame, limit 65536"
+    );
+    assert_serving(&mut broker, "a frame above --max-frame-bytes");
+    produce_one(&broker, "small-frames", b"fits");
+    assert_eq!(broker.read_all("small-frames", 1).len(), 1);
 }

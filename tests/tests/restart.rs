@@ -18,8 +18,45 @@ use ringmq_system_tests::{
 
 const PARTITIONS: usize = 4;
 
+/// Commit-log segments in the load tests: as small as the broker allows (more than its 8 MiB
+/// largest batch plus two blocks), so the acknowledged records fill more than one segment per
+/// core and recovery walks across segment boundaries.
+const SMALL_SEGMENT_BYTES: u64 = 9 << 20;
+
+/// Acknowledged records per round before the broker is stopped. With 4 KiB records spread
+/// evenly over 4 partitions on 2 cores, two rounds put at least 12 MiB on each core.
+const ACKED_PER_ROUND: usize = 3000;
+
+/// Padding that makes each record about 4 KiB, so the records fill segments quickly.
+const PADDING: &str = concat!(
+    "................................................................",
+    "................................................................"
+);
+
 fn payload(tag: &str, i: u64) -> String {
     format!("{tag}-{i:07}")
+}
+
+fn padded_payload(tag: &str, i: u64) -> String {
+    format!("{tag}-{i:07}-{}", PADDING.repeat(32))
+}
+
+/// Commit-log segment files (`*.log`) under the broker's data directory.
+fn segment_files(broker: &Broker) -> usize {
+    fn walk(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .expect("reading the data dir")
+            .map(|entry| entry.expect("data dir entry").path())
+            .map(|path| {
+                if path.is_dir() {
+                    walk(&path)
+                } else {
+                    usize::from(path.extension().is_some_and(|e| e == "log"))
+                }
+            })
+            .sum()
+    }
+    walk(broker.data_dir())
 }
 
 /// Checks what was read after a restart against the delivery reports:
@@ -196,7 +233,7 @@ fn produce_until_stopped(
         let mut sent = HashSet::new();
         let mut i = 0u64;
         while !stop.load(Ordering::Acquire) {
-            let p = payload(tag, i);
+            let p = padded_payload(tag, i);
             let partition = i32::try_from(i % PARTITIONS as u64).expect("i32");
             let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
                 .partition(partition)
@@ -224,7 +261,8 @@ fn kill_9_under_acks_all_load_loses_no_acknowledged_record() {
     let mut broker = Broker::start_with(
         BrokerOptions::default()
             .cores(2)
-            .default_partitions(PARTITIONS as u32),
+            .default_partitions(PARTITIONS as u32)
+            .segment_size_bytes(SMALL_SEGMENT_BYTES),
     );
     let topic = "kill-nine";
     let mut all_acked = Vec::new();
@@ -233,12 +271,10 @@ fn kill_9_under_acks_all_load_loses_no_acknowledged_record() {
         let deliveries = DeliveryLog::new();
         let stop = Arc::new(AtomicBool::new(false));
         let producer = produce_until_stopped(&broker, "all", topic, tag, &deliveries, &stop);
-        let target = 1500;
-        wait_until(
-            DEADLINE,
-            "1500 acknowledged records before the kill",
-            || (deliveries.acked_count() >= target).then_some(()),
-        );
+        let target = ACKED_PER_ROUND;
+        wait_until(DEADLINE, "acknowledged records before the kill", || {
+            (deliveries.acked_count() >= target).then_some(())
+        });
         broker.kill9();
         stop.store(true, Ordering::Release);
         let sent = producer.join().expect("producer thread");
@@ -255,6 +291,11 @@ fn kill_9_under_acks_all_load_loses_no_acknowledged_record() {
         let read = broker.read_all(topic, PARTITIONS);
         check_acked_are_stored(&all_acked, &read, &all_sent);
     }
+    let segments = segment_files(&broker);
+    assert!(
+        segments > 2,
+        "the records filled only {segments} segment files on 2 cores: recovery never crossed a segment"
+    );
 }
 
 /// SIGTERM while an acks=1 producer is busy: the broker finishes what it has in flight, exits
@@ -264,14 +305,15 @@ fn sigterm_under_acks_1_load_loses_no_acknowledged_record() {
     let mut broker = Broker::start_with(
         BrokerOptions::default()
             .cores(2)
-            .default_partitions(PARTITIONS as u32),
+            .default_partitions(PARTITIONS as u32)
+            .segment_size_bytes(SMALL_SEGMENT_BYTES),
     );
     let topic = "sigterm-acks-one";
     let deliveries = DeliveryLog::new();
     let stop = Arc::new(AtomicBool::new(false));
     let producer = produce_until_stopped(&broker, "1", topic, "acks-one", &deliveries, &stop);
-    wait_until(DEADLINE, "1500 acknowledged records before SIGTERM", || {
-        (deliveries.acked_count() >= 1500).then_some(())
+    wait_until(DEADLINE, "acknowledged records before SIGTERM", || {
+        (deliveries.acked_count() >= ACKED_PER_ROUND).then_some(())
     });
     let status = broker.terminate();
     stop.store(true, Ordering::Release);

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::{cpu, io_err, source, FetchBenchError, RunContext, Served};
 
 #[derive(Debug, Clone, Copy)]
-pub enum Path {
+pub enum SyncPath {
     Memory,
     Pread,
     Sendfile,
@@ -20,7 +20,11 @@ pub enum Path {
 }
 
 /// Runs one path on a fresh thread pinned to the serving core.
-pub fn serve(path: Path, addr: SocketAddr, ctx: &RunContext) -> Result<Served, FetchBenchError> {
+pub fn serve(
+    path: SyncPath,
+    addr: SocketAddr,
+    ctx: &RunContext,
+) -> Result<Served, FetchBenchError> {
     let ctx = ctx.clone();
     std::thread::Builder::new()
         .name("fetch-server".into())
@@ -34,7 +38,7 @@ pub fn serve(path: Path, addr: SocketAddr, ctx: &RunContext) -> Result<Served, F
 }
 
 fn serve_on_this_thread(
-    path: Path,
+    path: SyncPath,
     addr: SocketAddr,
     ctx: &RunContext,
 ) -> Result<Served, FetchBenchError> {
@@ -46,19 +50,19 @@ fn serve_on_this_thread(
     let cpu_before = cpu::thread_cpu();
     let started = Instant::now();
     match path {
-        Path::Memory => {
+        SyncPath::Memory => {
             for _ in 0..fetches {
                 sock.write_all(&chunk).map_err(io_err("write"))?;
             }
         }
-        Path::TailBytes => {
+        SyncPath::TailBytes => {
             for k in 0..fetches as usize {
                 // What the tail cache hands out: a refcounted slice, no copy.
                 let batch = ctx.tail.slice(k * fetch..(k + 1) * fetch);
                 sock.write_all(&batch).map_err(io_err("write"))?;
             }
         }
-        Path::Pread => {
+        SyncPath::Pread => {
             let mut buf = vec![0u8; fetch];
             for k in 0..fetches {
                 let pos = k * fetch as u64;
@@ -66,12 +70,12 @@ fn serve_on_this_thread(
                 sock.write_all(&buf).map_err(io_err("write"))?;
             }
         }
-        Path::Sendfile => {
+        SyncPath::Sendfile => {
             for k in 0..fetches {
                 sendfile_all(sock.as_raw_fd(), file.as_raw_fd(), k * fetch as u64, fetch)?;
             }
         }
-        Path::Splice => {
+        SyncPath::Splice => {
             let pipe = Pipe::new(fetch)?;
             for k in 0..fetches {
                 pipe.splice_all(file.as_raw_fd(), sock.as_raw_fd(), k * fetch as u64, fetch)?;
@@ -82,6 +86,7 @@ fn serve_on_this_thread(
     Ok(Served {
         started,
         cpu: cpu::thread_cpu().saturating_sub(cpu_before),
+        cpu_includes_consumer: false,
         zc: None,
     })
 }
@@ -103,14 +108,14 @@ fn sendfile_all(sock: RawFd, file: RawFd, pos: u64, len: usize) -> Result<(), Fe
 }
 
 /// A pipe sized to hold a whole fetch (pipe-max-size is 1 MiB here, the largest fetch).
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-    capacity: usize,
+pub(crate) struct Pipe {
+    pub read: OwnedFd,
+    pub write: OwnedFd,
+    pub capacity: usize,
 }
 
 impl Pipe {
-    fn new(fetch: usize) -> Result<Pipe, FetchBenchError> {
+    pub fn new(fetch: usize) -> Result<Pipe, FetchBenchError> {
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two fds into the array.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

@@ -10,10 +10,20 @@ pub const CONSUMER_CPU: usize = 1;
 
 /// user + system CPU time consumed so far by the calling thread.
 pub fn thread_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_THREAD)
+}
+
+/// user + system CPU time consumed so far by the whole process, including io_uring's worker
+/// threads (they belong to the process).
+pub fn process_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+fn rusage_cpu(who: libc::c_int) -> Duration {
     // SAFETY: an all-zero rusage is a valid value; getrusage only writes into it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_THREAD with a valid out pointer.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    // SAFETY: a valid `who` and out pointer.
+    let rc = unsafe { libc::getrusage(who, &mut ru) };
     if rc != 0 {
         return Duration::ZERO;
     }

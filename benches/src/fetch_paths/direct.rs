@@ -12,15 +12,16 @@ use futures_lite::AsyncWriteExt;
 use glommio::io::DmaFile;
 use glommio::net::TcpStream;
 
-use super::{cpu, io_err, source, FetchBenchError, RunContext, Served, DIRECT_READS_IN_FLIGHT};
+use super::{cpu, io_err, source, FetchBenchError, RunContext, Served};
 use crate::executor;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Source {
     /// One resident buffer, sent `file_bytes / fetch_bytes` times.
     Memory,
-    /// The file, read with O_DIRECT.
-    DirectFile,
+    /// The file, read with O_DIRECT `read_bytes` at a time (a multiple of the fetch size) and
+    /// sent a fetch at a time.
+    DirectFile { read_bytes: usize },
 }
 
 pub fn serve(
@@ -49,7 +50,7 @@ async fn serve_on_executor(
     let fetch = ctx.fetch_bytes;
     let fetches = ctx.file_bytes / fetch as u64;
     let file = match source {
-        Source::DirectFile => Some(Rc::new(
+        Source::DirectFile { .. } => Some(Rc::new(
             DmaFile::open(&ctx.path)
                 .await
                 .map_err(|e| io_err("DmaFile::open")(e.into()))?,
@@ -68,7 +69,13 @@ async fn serve_on_executor(
                     .map_err(io_err("glommio write"))?;
             }
         }
-        Some(file) => send_direct_reads(&mut stream, file, fetch, fetches).await?,
+        Some(file) => {
+            let read_bytes = match source {
+                Source::DirectFile { read_bytes } => read_bytes,
+                Source::Memory => fetch,
+            };
+            send_direct_reads(&mut stream, file, read_bytes, fetch, ctx).await?
+        }
     }
     stream.flush().await.map_err(io_err("glommio flush"))?;
     // SAFETY: the stream's fd is open for the duration of the call.
@@ -78,26 +85,31 @@ async fn serve_on_executor(
     Ok(Served {
         started,
         cpu: cpu::thread_cpu().saturating_sub(cpu_before),
+        cpu_includes_consumer: false,
         zc: None,
     })
 }
 
-/// Keeps `DIRECT_READS_IN_FLIGHT` aligned reads outstanding and sends them in file order.
+/// Keeps `ctx.direct_depth` aligned reads of `read_bytes` outstanding and sends them in
+/// file order, one `fetch` per write.
 async fn send_direct_reads(
     stream: &mut TcpStream,
     file: Rc<DmaFile>,
+    read_bytes: usize,
     fetch: usize,
-    fetches: u64,
+    ctx: &RunContext,
 ) -> Result<(), FetchBenchError> {
-    let mut in_flight = VecDeque::with_capacity(DIRECT_READS_IN_FLIGHT);
+    let reads = ctx.file_bytes / read_bytes as u64;
+    let depth = ctx.direct_depth;
+    let mut in_flight = VecDeque::with_capacity(depth);
     let mut next = 0u64;
-    for _ in 0..fetches {
-        while in_flight.len() < DIRECT_READS_IN_FLIGHT && next < fetches {
-            let pos = next * fetch as u64;
+    for _ in 0..reads {
+        while in_flight.len() < depth && next < reads {
+            let pos = next * read_bytes as u64;
             let f = file.clone();
             in_flight.push_back((
                 pos,
-                glommio::spawn_local(async move { f.read_at_aligned(pos, fetch).await }),
+                glommio::spawn_local(async move { f.read_at_aligned(pos, read_bytes).await }),
             ));
             next += 1;
         }
@@ -107,17 +119,19 @@ async fn send_direct_reads(
         let read = task
             .await
             .map_err(|e| io_err("read_at_aligned")(e.into()))?;
-        if read.len() != fetch {
+        if read.len() != read_bytes {
             return Err(FetchBenchError::ShortRead {
                 pos,
                 got: read.len(),
-                expected: fetch,
+                expected: read_bytes,
             });
         }
-        stream
-            .write_all(&read)
-            .await
-            .map_err(io_err("glommio write"))?;
+        for piece in read.chunks(fetch) {
+            stream
+                .write_all(piece)
+                .await
+                .map_err(io_err("glommio write"))?;
+        }
     }
     Ok(())
 }

@@ -12,9 +12,14 @@
 //! - `glommio-memory`: the same from a glommio executor through its io_uring socket, the
 //!   reference for `odirect-read` (which has to send through glommio too).
 //! - `odirect-read`: glommio `DmaFile::read_at_aligned`, several reads in flight, then send.
+//! - `odirect-ra`: the same with engine-side readahead: 1 MiB direct reads, each sent as
+//!   fetch-sized writes (what a catch-up reader can do, since direct I/O has no readahead).
 //! - `pread`: buffered `pread(2)` into a user buffer (page cache), then `write(2)`.
 //! - `sendfile`: `sendfile(2)` from the file to the socket.
 //! - `splice`: `splice(2)` file → pipe → socket.
+//! - `uring-splice`: the same through io_uring `IORING_OP_SPLICE` (run by io-wq workers, so it
+//!   never blocks the submitting thread on the disk); CPU is the whole process minus the
+//!   consumer.
 //! - `send-zc`: io_uring `SEND_ZC` from registered buffers: for the tail the resident bytes
 //!   themselves; for the backlog O_DIRECT `READ_FIXED` into registered buffers first.
 //! - `tail-bytes`: `write(2)` of resident `Bytes` slices of the whole file (the tail cache).
@@ -30,6 +35,7 @@ mod cpu;
 mod direct;
 mod send_zc;
 mod source;
+mod uring_splice;
 
 use std::io;
 use std::net::SocketAddr;
@@ -55,6 +61,12 @@ pub const MAX_FETCH_BYTES: usize = 1 << 20;
 pub const MAX_REPS: usize = 15;
 /// Reads kept in flight by the O_DIRECT paths.
 pub const DIRECT_READS_IN_FLIGHT: usize = 4;
+/// Size of each direct read of `odirect-ra`, whatever the fetch size (default).
+pub const DIRECT_READAHEAD_BYTES: usize = 1 << 20;
+/// Most reads `odirect-ra` may keep in flight (`--direct-depth`).
+pub const MAX_DIRECT_DEPTH: usize = 64;
+/// Largest `odirect-ra` read (`--direct-read`).
+pub const MAX_DIRECT_READ_BYTES: usize = 8 << 20;
 
 /// How the bytes travel from the file (or memory) to the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,21 +74,25 @@ pub enum Mechanism {
     MemoryBaseline,
     GlommioMemory,
     DirectRead,
+    DirectReadahead,
     Pread,
     Sendfile,
     Splice,
+    UringSplice,
     SendZc,
     TailBytes,
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 8] = [
+    pub const ALL: [Mechanism; 10] = [
         Mechanism::MemoryBaseline,
         Mechanism::GlommioMemory,
         Mechanism::DirectRead,
+        Mechanism::DirectReadahead,
         Mechanism::Pread,
         Mechanism::Sendfile,
         Mechanism::Splice,
+        Mechanism::UringSplice,
         Mechanism::SendZc,
         Mechanism::TailBytes,
     ];
@@ -86,9 +102,11 @@ impl Mechanism {
             Mechanism::MemoryBaseline => "memory-baseline",
             Mechanism::GlommioMemory => "glommio-memory",
             Mechanism::DirectRead => "odirect-read",
+            Mechanism::DirectReadahead => "odirect-ra",
             Mechanism::Pread => "pread",
             Mechanism::Sendfile => "sendfile",
             Mechanism::Splice => "splice",
+            Mechanism::UringSplice => "uring-splice",
             Mechanism::SendZc => "send-zc",
             Mechanism::TailBytes => "tail-bytes",
         }
@@ -101,6 +119,8 @@ impl Mechanism {
             Mechanism::MemoryBaseline | Mechanism::GlommioMemory | Mechanism::TailBytes => {
                 &[Case::Memory]
             }
+            // Direct reads ignore the page cache: `odirect-read` shows tail == backlog.
+            Mechanism::DirectReadahead => &[Case::Backlog],
             _ => &[Case::Tail, Case::Backlog],
         }
     }
@@ -143,6 +163,10 @@ pub struct Plan {
     /// the expected stream. Costs consumer CPU, so full runs leave it off unless asked.
     pub verify: bool,
     pub mechanisms: Vec<Mechanism>,
+    /// Reads `odirect-ra` keeps in flight.
+    pub direct_depth: usize,
+    /// Size of each `odirect-ra` read.
+    pub direct_read_bytes: usize,
 }
 
 impl Plan {
@@ -154,6 +178,8 @@ impl Plan {
             reps: 1,
             verify: true,
             mechanisms: Mechanism::ALL.to_vec(),
+            direct_depth: DIRECT_READS_IN_FLIGHT,
+            direct_read_bytes: DIRECT_READAHEAD_BYTES,
         }
     }
 
@@ -164,6 +190,8 @@ impl Plan {
             reps,
             verify: false,
             mechanisms: Mechanism::ALL.to_vec(),
+            direct_depth: DIRECT_READS_IN_FLIGHT,
+            direct_read_bytes: DIRECT_READAHEAD_BYTES,
         }
     }
 
@@ -175,16 +203,39 @@ impl Plan {
                 self.file_bytes
             ));
         }
+        if !(1..=MAX_DIRECT_DEPTH).contains(&self.direct_depth) {
+            return bad(format!(
+                "direct depth {} outside 1..={MAX_DIRECT_DEPTH}",
+                self.direct_depth
+            ));
+        }
+        let r = self.direct_read_bytes;
+        if r == 0 || !r.is_multiple_of(4096) || r > MAX_DIRECT_READ_BYTES {
+            return bad(format!(
+                "direct read size {r} must be a 4 KiB multiple <= {MAX_DIRECT_READ_BYTES}"
+            ));
+        }
         if !(1..=MAX_REPS).contains(&self.reps) {
             return bad(format!("reps {} outside 1..={MAX_REPS}", self.reps));
         }
+        if !self
+            .file_bytes
+            .is_multiple_of(self.direct_read_bytes as u64)
+        {
+            return bad(format!(
+                "file size {} must be a multiple of the direct read size {}",
+                self.file_bytes, self.direct_read_bytes
+            ));
+        }
         for &f in &self.fetch_sizes {
             let aligned = f > 0 && f % 4096 == 0 && f <= MAX_FETCH_BYTES;
-            if !aligned || !self.file_bytes.is_multiple_of(f as u64) {
+            // odirect-ra slices each read of max(read size, fetch) into whole fetches.
+            let divides_reads = self.direct_read_bytes.max(f).is_multiple_of(f);
+            if !aligned || !divides_reads || !self.file_bytes.is_multiple_of(f as u64) {
                 return bad(format!(
                     "fetch size {f} must be a 4 KiB multiple <= {MAX_FETCH_BYTES} dividing the \
-                     file size {}",
-                    self.file_bytes
+                     direct read size {} and the file size {}",
+                    self.direct_read_bytes, self.file_bytes
                 ));
             }
         }
@@ -389,6 +440,8 @@ fn run_on(file: &source::TestFile, plan: &Plan) -> Result<Report, FetchBenchErro
                     fetch_bytes: fetch,
                     tail: tail.clone(),
                     verify: plan.verify,
+                    direct_depth: plan.direct_depth,
+                    direct_read_bytes: plan.direct_read_bytes,
                 };
                 let sample = measure(row.mechanism, row.case, &ctx, file)?;
                 row.samples.push(sample);
@@ -409,12 +462,16 @@ pub(crate) struct RunContext {
     pub fetch_bytes: usize,
     pub tail: Bytes,
     pub verify: bool,
+    pub direct_depth: usize,
+    pub direct_read_bytes: usize,
 }
 
 /// What the serving side reports back.
 pub(crate) struct Served {
     pub started: Instant,
     pub cpu: Duration,
+    /// `cpu` is the whole process's (io-wq workers included), consumer thread included.
+    pub cpu_includes_consumer: bool,
     pub zc: Option<ZcUsage>,
 }
 
@@ -448,7 +505,11 @@ fn measure(
         bytes_received: received.bytes,
         received_crc: received.crc,
         elapsed: received.done_at.saturating_duration_since(served.started),
-        server_cpu: served.cpu,
+        server_cpu: if served.cpu_includes_consumer {
+            served.cpu.saturating_sub(received.cpu)
+        } else {
+            served.cpu
+        },
         consumer_cpu: received.cpu,
         residency_before,
         zc: served.zc,
@@ -463,13 +524,21 @@ fn serve(
 ) -> Result<Served, FetchBenchError> {
     match mechanism {
         Mechanism::GlommioMemory => direct::serve(direct::Source::Memory, addr, ctx),
-        Mechanism::DirectRead => direct::serve(direct::Source::DirectFile, addr, ctx),
+        Mechanism::DirectRead => {
+            let read_bytes = ctx.fetch_bytes;
+            direct::serve(direct::Source::DirectFile { read_bytes }, addr, ctx)
+        }
+        Mechanism::DirectReadahead => {
+            let read_bytes = ctx.direct_read_bytes.max(ctx.fetch_bytes);
+            direct::serve(direct::Source::DirectFile { read_bytes }, addr, ctx)
+        }
         Mechanism::SendZc => send_zc::serve(case, addr, ctx),
-        Mechanism::MemoryBaseline => copy::serve(copy::Path::Memory, addr, ctx),
-        Mechanism::Pread => copy::serve(copy::Path::Pread, addr, ctx),
-        Mechanism::Sendfile => copy::serve(copy::Path::Sendfile, addr, ctx),
-        Mechanism::Splice => copy::serve(copy::Path::Splice, addr, ctx),
-        Mechanism::TailBytes => copy::serve(copy::Path::TailBytes, addr, ctx),
+        Mechanism::UringSplice => uring_splice::serve(addr, ctx),
+        Mechanism::MemoryBaseline => copy::serve(copy::SyncPath::Memory, addr, ctx),
+        Mechanism::Pread => copy::serve(copy::SyncPath::Pread, addr, ctx),
+        Mechanism::Sendfile => copy::serve(copy::SyncPath::Sendfile, addr, ctx),
+        Mechanism::Splice => copy::serve(copy::SyncPath::Splice, addr, ctx),
+        Mechanism::TailBytes => copy::serve(copy::SyncPath::TailBytes, addr, ctx),
     }
 }
 

@@ -120,19 +120,17 @@ fn serve_on_this_thread(
     let mut pump = Pump::new(ring, sock.as_raw_fd(), source, registered, ctx);
     let cpu_before = cpu::thread_cpu();
     let started = Instant::now();
-    let result = pump.run();
-    if result.is_err() {
+    if let Err(e) = pump.run() {
         // Requests may still reference the buffers; a bench error path leaks them rather than
         // free memory the kernel could still write.
         std::mem::forget(pump);
-        return Err(result
-            .err()
-            .unwrap_or(FetchBenchError::ThreadPanicked("send-zc")));
+        return Err(e);
     }
     sock.shutdown(Shutdown::Write).map_err(io_err("shutdown"))?;
     Ok(Served {
         started,
         cpu: cpu::thread_cpu().saturating_sub(cpu_before),
+        cpu_includes_consumer: false,
         zc: Some(pump.usage),
     })
 }

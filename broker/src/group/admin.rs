@@ -86,10 +86,16 @@ impl<L: GroupLog> GroupCoordinator<L> {
         let inner = self.inner.borrow();
         let state_ok = |g: &Group| {
             req.states_filter.is_empty()
-                || req.states_filter.iter().any(|s| s.eq_ignore_ascii_case(g.state.as_str()))
+                || req
+                    .states_filter
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(g.state.as_str()))
         };
         let type_ok = req.types_filter.is_empty()
-            || req.types_filter.iter().any(|t| t.eq_ignore_ascii_case(CLASSIC_GROUP_TYPE));
+            || req
+                .types_filter
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(CLASSIC_GROUP_TYPE));
         let mut groups: Vec<ListedGroup> = inner
             .groups
             .values()
@@ -153,8 +159,11 @@ impl<L: GroupLog> GroupCoordinator<L> {
 /// show the members only (as Kafka does).
 fn describe(group: &Group, version: i16) -> DescribedGroup {
     let stable = group.state == GroupState::Stable;
-    let protocol =
-        if stable { group.protocol_name.clone().unwrap_or_default() } else { String::new() };
+    let protocol = if stable {
+        group.protocol_name.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
     let members = group
         .members_in_join_order()
         .into_iter()
@@ -176,7 +185,9 @@ fn describe(group: &Group, version: i16) -> DescribedGroup {
     DescribedGroup::default()
         .with_group_id(GroupId(StrBytes::from_string(group.id.clone())))
         .with_group_state(StrBytes::from_static_str(group.state.as_str()))
-        .with_protocol_type(StrBytes::from_string(group.protocol_type.clone().unwrap_or_default()))
+        .with_protocol_type(StrBytes::from_string(
+            group.protocol_type.clone().unwrap_or_default(),
+        ))
         .with_protocol_data(StrBytes::from_string(protocol))
         .with_members(members)
 }

@@ -19,9 +19,13 @@ pub struct SystemClock {
 
 impl SystemClock {
     pub fn new() -> Self {
-        let start_wall_ms =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        SystemClock { start_wall_ms, start: Instant::now() }
+        let start_wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        SystemClock {
+            start_wall_ms,
+            start: Instant::now(),
+        }
     }
 }
 
@@ -45,7 +49,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(now_ms: u64) -> Self {
-        ManualClock { now_ms: Cell::new(now_ms) }
+        ManualClock {
+            now_ms: Cell::new(now_ms),
+        }
     }
 
     pub fn advance_ms(&self, ms: u64) {

@@ -69,8 +69,16 @@ pub struct GroupValue {
 /// One decoded record; `None` values are tombstones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupRecord {
-    Offset { group: String, topic: String, partition: i32, value: Option<OffsetValue> },
-    Group { group: String, value: Option<GroupValue> },
+    Offset {
+        group: String,
+        topic: String,
+        partition: i32,
+        value: Option<OffsetValue>,
+    },
+    Group {
+        group: String,
+        value: Option<GroupValue>,
+    },
 }
 
 pub fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
@@ -113,9 +121,14 @@ pub fn group_value(v: &GroupValue) -> Vec<u8> {
 
 /// Builds the batch for one write: `(key, value)` pairs, `None` value = tombstone.
 pub fn build_batch(records: &[(Vec<u8>, Option<Vec<u8>>)], timestamp_ms: i64) -> Bytes {
-    assert!(!records.is_empty(), "a group log write needs at least one record");
-    let size: usize =
-        records.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 24).sum();
+    assert!(
+        !records.is_empty(),
+        "a group log write needs at least one record"
+    );
+    let size: usize = records
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 24)
+        .sum();
     let mut builder = BatchBuilder::new(size + ringmq_wire::record_batch::HEADER_LEN);
     for (key, value) in records {
         builder.push(&Record {
@@ -130,7 +143,10 @@ pub fn build_batch(records: &[(Vec<u8>, Option<Vec<u8>>)], timestamp_ms: i64) ->
 
 /// Decodes one stored record.
 pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<GroupRecord, CodecError> {
-    let mut k = Reader { buf: key, what: "key" };
+    let mut k = Reader {
+        buf: key,
+        what: "key",
+    };
     match k.u16()? {
         KEY_TYPE_OFFSET => {
             let group = k.str("group id")?;
@@ -138,7 +154,12 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<GroupRecord, CodecErro
             let partition = k.i32()?;
             k.finish()?;
             let value = value.map(decode_offset_value).transpose()?;
-            Ok(GroupRecord::Offset { group, topic, partition, value })
+            Ok(GroupRecord::Offset {
+                group,
+                topic,
+                partition,
+                value,
+            })
         }
         KEY_TYPE_GROUP => {
             let group = k.str("group id")?;
@@ -151,10 +172,16 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<GroupRecord, CodecErro
 }
 
 fn decode_offset_value(buf: &[u8]) -> Result<OffsetValue, CodecError> {
-    let mut r = Reader { buf, what: "offset value" };
+    let mut r = Reader {
+        buf,
+        what: "offset value",
+    };
     let version = r.u16()?;
     if version != OFFSET_VALUE_V1 {
-        return Err(CodecError::UnknownVersion { kind: "offset", version });
+        return Err(CodecError::UnknownVersion {
+            kind: "offset",
+            version,
+        });
     }
     let value = OffsetValue {
         offset: r.i64()?,
@@ -168,10 +195,16 @@ fn decode_offset_value(buf: &[u8]) -> Result<OffsetValue, CodecError> {
 }
 
 fn decode_group_value(buf: &[u8]) -> Result<GroupValue, CodecError> {
-    let mut r = Reader { buf, what: "group value" };
+    let mut r = Reader {
+        buf,
+        what: "group value",
+    };
     let version = r.u16()?;
     if version != GROUP_VALUE_V1 {
-        return Err(CodecError::UnknownVersion { kind: "group", version });
+        return Err(CodecError::UnknownVersion {
+            kind: "group",
+            version,
+        });
     }
     let value = GroupValue {
         generation: r.i32()?,
@@ -254,13 +287,18 @@ impl<'a> Reader<'a> {
     fn finish(&self) -> Result<(), CodecError> {
         match self.buf.len() {
             0 => Ok(()),
-            extra => Err(CodecError::Trailing { what: self.what, extra }),
+            extra => Err(CodecError::Trailing {
+                what: self.what,
+                extra,
+            }),
         }
     }
 }
 
 fn utf8(bytes: &[u8], what: &'static str) -> Result<String, CodecError> {
-    std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| CodecError::BadUtf8 { what })
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| CodecError::BadUtf8 { what })
 }
 
 #[cfg(test)]
@@ -302,10 +340,19 @@ mod tests {
             timestamp_ms: 5,
         };
         let rec = decode(&group_key("g"), Some(&group_value(&v))).unwrap();
-        assert_eq!(rec, GroupRecord::Group { group: "g".into(), value: Some(v) });
+        assert_eq!(
+            rec,
+            GroupRecord::Group {
+                group: "g".into(),
+                value: Some(v)
+            }
+        );
         assert_eq!(
             decode(&group_key("g"), None).unwrap(),
-            GroupRecord::Group { group: "g".into(), value: None }
+            GroupRecord::Group {
+                group: "g".into(),
+                value: None
+            }
         );
         assert!(matches!(
             decode(&offset_key("g", "t", 0), None).unwrap(),
@@ -318,10 +365,16 @@ mod tests {
         let key = offset_key("group", "topic", 1);
         let value = offset_value(&offset(Some("m")));
         for cut in 0..key.len() {
-            assert!(decode(&key[..cut], Some(&value)).is_err(), "key cut at {cut}");
+            assert!(
+                decode(&key[..cut], Some(&value)).is_err(),
+                "key cut at {cut}"
+            );
         }
         for cut in 0..value.len() {
-            assert!(decode(&key, Some(&value[..cut])).is_err(), "value cut at {cut}");
+            assert!(
+                decode(&key, Some(&value[..cut])).is_err(),
+                "value cut at {cut}"
+            );
         }
     }
 
@@ -334,13 +387,22 @@ mod tests {
         value[0] = 2;
         assert_eq!(
             decode(&offset_key("g", "t", 0), Some(&value)),
-            Err(CodecError::UnknownVersion { kind: "offset", version: 2 })
+            Err(CodecError::UnknownVersion {
+                kind: "offset",
+                version: 2
+            })
         );
         let mut long = offset_key("g", "t", 0);
         long.push(0);
-        assert!(matches!(decode(&long, None), Err(CodecError::Trailing { .. })));
+        assert!(matches!(
+            decode(&long, None),
+            Err(CodecError::Trailing { .. })
+        ));
         let bad_utf8 = [1, 0, 1, 0, 0xff, 0, 0, 0, 0, 0, 0];
-        assert_eq!(decode(&bad_utf8, None), Err(CodecError::BadUtf8 { what: "group id" }));
+        assert_eq!(
+            decode(&bad_utf8, None),
+            Err(CodecError::BadUtf8 { what: "group id" })
+        );
         for len in [-2i16, i16::MIN] {
             let mut value = offset_value(&offset(None));
             let at = value.len() - 2;

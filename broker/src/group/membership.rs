@@ -96,7 +96,11 @@ impl<L: GroupLog> GroupCoordinator<L> {
         let outcome = match self.sync_now(&req) {
             SyncStep::Done(outcome) => outcome,
             SyncStep::Wait(rx) => wait_sync(rx).await,
-            SyncStep::Persist { batch, generation, rx } => {
+            SyncStep::Persist {
+                batch,
+                generation,
+                rx,
+            } => {
                 let stored = self.log.append(batch).await;
                 if let Err(e) = &stored {
                     tracing::warn!(group = %req.group_id.as_str(), error = %e, "group record not stored");
@@ -118,7 +122,10 @@ impl<L: GroupLog> GroupCoordinator<L> {
             req.members
                 .iter()
                 .map(|m| {
-                    (m.member_id.to_string(), m.group_instance_id.as_ref().map(|i| i.to_string()))
+                    (
+                        m.member_id.to_string(),
+                        m.group_instance_id.as_ref().map(|i| i.to_string()),
+                    )
                 })
                 .collect()
         } else {
@@ -140,8 +147,11 @@ impl<L: GroupLog> GroupCoordinator<L> {
                 })
                 .collect();
         } else {
-            response.error_code =
-                if top != NONE { top } else { codes.first().copied().unwrap_or(NONE) };
+            response.error_code = if top != NONE {
+                top
+            } else {
+                codes.first().copied().unwrap_or(NONE)
+            };
         }
         response
     }
@@ -218,14 +228,23 @@ impl<L: GroupLog> GroupCoordinator<L> {
             }
             if inner.groups.len() >= self.config.max_groups {
                 tracing::warn!(group = %group_id, max = self.config.max_groups, "group limit reached");
-                return Step::Done(JoinOutcome::error(COORDINATOR_NOT_AVAILABLE, args.member_id));
+                return Step::Done(JoinOutcome::error(
+                    COORDINATOR_NOT_AVAILABLE,
+                    args.member_id,
+                ));
             }
             let group = Group::new(group_id, now, self.config.group_initial_rebalance_delay_ms);
             inner.groups.insert(group_id.to_owned(), group);
         }
-        let new_id = args.member_id.is_empty().then(|| inner.next_member_id(args.client_id));
+        let new_id = args
+            .member_id
+            .is_empty()
+            .then(|| inner.next_member_id(args.client_id));
         let Some(group) = inner.groups.get_mut(group_id) else {
-            return Step::Done(JoinOutcome::error(COORDINATOR_NOT_AVAILABLE, args.member_id));
+            return Step::Done(JoinOutcome::error(
+                COORDINATOR_NOT_AVAILABLE,
+                args.member_id,
+            ));
         };
         let step = match new_id {
             Some(new_id) => self.join_new_member(group, args, new_id, now),
@@ -248,14 +267,19 @@ impl<L: GroupLog> GroupCoordinator<L> {
         if !group.supports_protocols(args.protocol_type, &args.protocols) {
             return Step::Done(JoinOutcome::error(INCONSISTENT_GROUP_PROTOCOL, ""));
         }
-        let known_static = args.instance_id.and_then(|i| group.static_members.get(i)).cloned();
+        let known_static = args
+            .instance_id
+            .and_then(|i| group.static_members.get(i))
+            .cloned();
         if let Some(old_id) = known_static {
             // The static member restarted: it keeps its place under a new id; the old id is
             // fenced. A follower of a Stable group offering the same protocols keeps its
             // assignment without a rebalance (the point of static membership); otherwise the
             // group rebalances.
-            let unchanged =
-                group.members.get(&old_id).is_some_and(|m| m.same_protocols(&args.protocols));
+            let unchanged = group
+                .members
+                .get(&old_id)
+                .is_some_and(|m| m.same_protocols(&args.protocols));
             let was_leader = group.leader.as_deref() == Some(old_id.as_str());
             group.replace_static_member(&old_id, &new_id);
             if group.state == GroupState::Stable && unchanged && !was_leader {
@@ -276,7 +300,9 @@ impl<L: GroupLog> GroupCoordinator<L> {
             return Step::Done(JoinOutcome::error(GROUP_MAX_SIZE_REACHED, ""));
         }
         if args.instance_id.is_none() && args.version >= MEMBER_ID_REQUIRED_MIN_VERSION {
-            group.pending_members.insert(new_id.clone(), now + args.session_timeout_ms);
+            group
+                .pending_members
+                .insert(new_id.clone(), now + args.session_timeout_ms);
             return Step::Done(JoinOutcome::error(MEMBER_ID_REQUIRED, &new_id));
         }
         let (member, rx) = new_member(&args, &new_id, now);
@@ -384,7 +410,10 @@ impl<L: GroupLog> GroupCoordinator<L> {
         let is_leader = group.leader.as_deref() == Some(member_id);
         if is_leader && group.persisting.is_none() {
             if req.assignments.len() > group.members.len()
-                || req.assignments.iter().any(|a| a.assignment.len() > MAX_ASSIGNMENT_BYTES)
+                || req
+                    .assignments
+                    .iter()
+                    .any(|a| a.assignment.len() > MAX_ASSIGNMENT_BYTES)
             {
                 return SyncStep::Done(SyncOutcome::error(INVALID_REQUEST));
             }
@@ -407,10 +436,17 @@ impl<L: GroupLog> GroupCoordinator<L> {
                 timestamp_ms: now as i64,
             };
             let batch = codec::build_batch(
-                &[(codec::group_key(&group.id), Some(codec::group_value(&record)))],
+                &[(
+                    codec::group_key(&group.id),
+                    Some(codec::group_value(&record)),
+                )],
                 now as i64,
             );
-            return SyncStep::Persist { batch, generation: group.generation, rx };
+            return SyncStep::Persist {
+                batch,
+                generation: group.generation,
+                rx,
+            };
         }
         let (tx, rx) = local_channel::new_bounded(1);
         if let Some(m) = group.members.get_mut(member_id) {
@@ -430,7 +466,10 @@ impl<L: GroupLog> GroupCoordinator<L> {
             return;
         };
         let current = group.state == GroupState::CompletingRebalance
-            && group.persisting.as_ref().is_some_and(|(g, _)| *g == generation);
+            && group
+                .persisting
+                .as_ref()
+                .is_some_and(|(g, _)| *g == generation);
         if !current {
             return;
         }
@@ -506,7 +545,10 @@ impl<L: GroupLog> GroupCoordinator<L> {
             return (NONE, vec![UNKNOWN_MEMBER_ID; leaving.len()]);
         };
         if group.state == GroupState::Dead {
-            return (COORDINATOR_NOT_AVAILABLE, vec![COORDINATOR_NOT_AVAILABLE; leaving.len()]);
+            return (
+                COORDINATOR_NOT_AVAILABLE,
+                vec![COORDINATOR_NOT_AVAILABLE; leaving.len()],
+            );
         }
         let codes = leaving
             .iter()
@@ -564,14 +606,20 @@ fn new_member(args: &JoinArgs<'_>, id: &str, now: u64) -> (Member, LocalReceiver
 fn stable_sync_outcome(group: &Group, member_id: &str) -> SyncOutcome {
     SyncOutcome {
         error: NONE,
-        assignment: group.members.get(member_id).map(|m| m.assignment.clone()).unwrap_or_default(),
+        assignment: group
+            .members
+            .get(member_id)
+            .map(|m| m.assignment.clone())
+            .unwrap_or_default(),
         protocol_type: group.protocol_type.clone(),
         protocol_name: group.protocol_name.clone(),
     }
 }
 
 async fn wait_sync(rx: LocalReceiver<SyncOutcome>) -> SyncOutcome {
-    rx.recv().await.unwrap_or_else(|| SyncOutcome::error(COORDINATOR_NOT_AVAILABLE))
+    rx.recv()
+        .await
+        .unwrap_or_else(|| SyncOutcome::error(COORDINATOR_NOT_AVAILABLE))
 }
 
 /// Shapes a join outcome for `version`: fields a version lacks are left at values its encoder
@@ -615,6 +663,14 @@ fn sync_response(o: SyncOutcome, version: i16) -> SyncGroupResponse {
     SyncGroupResponse::default()
         .with_error_code(o.error)
         .with_assignment(o.assignment)
-        .with_protocol_type(if v5 { o.protocol_type.map(StrBytes::from_string) } else { None })
-        .with_protocol_name(if v5 { o.protocol_name.map(StrBytes::from_string) } else { None })
+        .with_protocol_type(if v5 {
+            o.protocol_type.map(StrBytes::from_string)
+        } else {
+            None
+        })
+        .with_protocol_name(if v5 {
+            o.protocol_name.map(StrBytes::from_string)
+        } else {
+            None
+        })
 }

@@ -151,7 +151,10 @@ pub enum GroupReplayError {
     #[error("group log record {offset_delta} has no key")]
     MissingKey { offset_delta: i32 },
     #[error("group log record {offset_delta}: {source}")]
-    Codec { offset_delta: i32, source: codec::CodecError },
+    Codec {
+        offset_delta: i32,
+        source: codec::CodecError,
+    },
 }
 
 /// The core that owns group `group_id` when the broker runs `cores` cores: FNV-1a of the id,
@@ -234,9 +237,14 @@ impl<L: GroupLog> GroupCoordinator<L> {
         for record in ringmq_wire::records::records(batch)? {
             let record = record?;
             let offset_delta = record.offset_delta;
-            let key = record.key.ok_or(GroupReplayError::MissingKey { offset_delta })?;
-            let decoded = codec::decode(key, record.value)
-                .map_err(|source| GroupReplayError::Codec { offset_delta, source })?;
+            let key = record
+                .key
+                .ok_or(GroupReplayError::MissingKey { offset_delta })?;
+            let decoded =
+                codec::decode(key, record.value).map_err(|source| GroupReplayError::Codec {
+                    offset_delta,
+                    source,
+                })?;
             inner.write_seq += 1;
             inner.apply_replayed(decoded, now, self.config.group_initial_rebalance_delay_ms);
         }

@@ -114,7 +114,10 @@ impl<L: GroupLog> GroupCoordinator<L> {
         }
         if !records.is_empty() {
             let seq = self.next_write_seq();
-            let stored = self.log.append(codec::build_batch(&records, now as i64)).await;
+            let stored = self
+                .log
+                .append(codec::build_batch(&records, now as i64))
+                .await;
             match stored {
                 Ok(()) => self.apply_commits(req.group_id.as_str(), accepted, seq),
                 Err(e) => {
@@ -179,7 +182,9 @@ impl<L: GroupLog> GroupCoordinator<L> {
                         out
                     })
                     .collect();
-                OffsetFetchResponseTopic::default().with_name(t.name).with_partitions(partitions)
+                OffsetFetchResponseTopic::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions)
             })
             .collect();
         let mut response = OffsetFetchResponse::default().with_topics(topics);
@@ -218,7 +223,9 @@ impl<L: GroupLog> GroupCoordinator<L> {
         for name in &req.groups_names {
             let code = self.delete_group(name.as_str()).await;
             results.push(
-                DeletableGroupResult::default().with_group_id(name.clone()).with_error_code(code),
+                DeletableGroupResult::default()
+                    .with_group_id(name.clone())
+                    .with_error_code(code),
             );
         }
         DeleteGroupsResponse::default().with_results(results)
@@ -231,7 +238,11 @@ impl<L: GroupLog> GroupCoordinator<L> {
         let now = self.clock.now_ms();
         let keys: Vec<OffsetKey> = {
             let inner = self.inner.borrow();
-            inner.groups.values().flat_map(|g| expired_offsets(g, now)).collect()
+            inner
+                .groups
+                .values()
+                .flat_map(|g| expired_offsets(g, now))
+                .collect()
         };
         if !keys.is_empty() {
             tracing::info!(count = keys.len(), "expiring committed offsets");
@@ -239,13 +250,22 @@ impl<L: GroupLog> GroupCoordinator<L> {
         }
         let idle: Vec<String> = {
             let inner = self.inner.borrow();
-            inner.groups.values().filter(|g| is_removable(g)).map(|g| g.id.clone()).collect()
+            inner
+                .groups
+                .values()
+                .filter(|g| is_removable(g))
+                .map(|g| g.id.clone())
+                .collect()
         };
         if idle.is_empty() {
             return;
         }
         let records: Vec<_> = idle.iter().map(|id| (codec::group_key(id), None)).collect();
-        if let Err(e) = self.log.append(codec::build_batch(&records, now as i64)).await {
+        if let Err(e) = self
+            .log
+            .append(codec::build_batch(&records, now as i64))
+            .await
+        {
             tracing::warn!(error = %e, "group tombstones not stored; groups kept");
             return;
         }
@@ -276,10 +296,16 @@ impl<L: GroupLog> GroupCoordinator<L> {
                 .collect()
         };
         let now = self.clock.now_ms();
-        let mut records: Vec<_> =
-            keys.iter().map(|(g, t, p)| (codec::offset_key(g, t, *p), None)).collect();
+        let mut records: Vec<_> = keys
+            .iter()
+            .map(|(g, t, p)| (codec::offset_key(g, t, *p), None))
+            .collect();
         records.push((codec::group_key(group_id), None));
-        if let Err(e) = self.log.append(codec::build_batch(&records, now as i64)).await {
+        if let Err(e) = self
+            .log
+            .append(codec::build_batch(&records, now as i64))
+            .await
+        {
             tracing::warn!(group = %group_id, error = %e, "group deletion not stored");
             return COORDINATOR_NOT_AVAILABLE;
         }
@@ -306,10 +332,15 @@ impl<L: GroupLog> GroupCoordinator<L> {
             return;
         }
         let now = self.clock.now_ms();
-        let records: Vec<_> =
-            keys.iter().map(|(g, t, p)| (codec::offset_key(g, t, *p), None)).collect();
+        let records: Vec<_> = keys
+            .iter()
+            .map(|(g, t, p)| (codec::offset_key(g, t, *p), None))
+            .collect();
         let seq = self.next_write_seq();
-        let stored = self.log.append(codec::build_batch(&records, now as i64)).await;
+        let stored = self
+            .log
+            .append(codec::build_batch(&records, now as i64))
+            .await;
         if let Err(e) = &stored {
             tracing::warn!(reason = why, error = %e, "offset tombstones not stored");
             if !clear_on_failure {
@@ -421,7 +452,11 @@ impl<L: GroupLog> GroupCoordinator<L> {
         });
         for (topic, partition, mut offset) in accepted {
             offset.write_seq = seq;
-            group.offsets.entry(topic).or_default().insert(partition, offset);
+            group
+                .offsets
+                .entry(topic)
+                .or_default()
+                .insert(partition, offset);
         }
     }
 }
@@ -431,7 +466,12 @@ impl Inner {
     pub(super) fn apply_replayed(&mut self, record: GroupRecord, now: u64, initial_delay_ms: u64) {
         let seq = self.write_seq;
         match record {
-            GroupRecord::Offset { group, topic, partition, value: Some(v) } => {
+            GroupRecord::Offset {
+                group,
+                topic,
+                partition,
+                value: Some(v),
+            } => {
                 let g = self
                     .groups
                     .entry(group.clone())
@@ -444,14 +484,25 @@ impl Inner {
                     expire_timestamp_ms: u64::try_from(v.expire_timestamp_ms).ok(),
                     write_seq: seq,
                 };
-                g.offsets.entry(topic).or_default().insert(partition, offset);
+                g.offsets
+                    .entry(topic)
+                    .or_default()
+                    .insert(partition, offset);
             }
-            GroupRecord::Offset { group, topic, partition, value: None } => {
+            GroupRecord::Offset {
+                group,
+                topic,
+                partition,
+                value: None,
+            } => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     remove_offset_before(g, &topic, partition, u64::MAX);
                 }
             }
-            GroupRecord::Group { group, value: Some(v) } => {
+            GroupRecord::Group {
+                group,
+                value: Some(v),
+            } => {
                 let g = self
                     .groups
                     .entry(group.clone())
@@ -460,7 +511,11 @@ impl Inner {
                 g.protocol_type = Some(v.protocol_type);
             }
             GroupRecord::Group { group, value: None } => {
-                if self.groups.get(&group).is_some_and(|g| g.offsets.is_empty()) {
+                if self
+                    .groups
+                    .get(&group)
+                    .is_some_and(|g| g.offsets.is_empty())
+                {
                     self.groups.remove(&group);
                 }
             }
@@ -472,7 +527,10 @@ fn remove_offset_before(group: &mut Group, topic: &str, partition: i32, seq: u64
     let Some(partitions) = group.offsets.get_mut(topic) else {
         return;
     };
-    if partitions.get(&partition).is_some_and(|o| o.write_seq < seq) {
+    if partitions
+        .get(&partition)
+        .is_some_and(|o| o.write_seq < seq)
+    {
         partitions.remove(&partition);
     }
     if partitions.is_empty() {
@@ -524,7 +582,9 @@ fn fetch_group(
     }
     let group = inner.groups.get(group_id);
     let partition = |topic: &str, index: i32| {
-        let found = group.and_then(|g| g.offsets.get(topic)).and_then(|ps| ps.get(&index));
+        let found = group
+            .and_then(|g| g.offsets.get(topic))
+            .and_then(|ps| ps.get(&index));
         let mut p = OffsetFetchResponsePartitions::default()
             .with_partition_index(index)
             .with_committed_offset(found.map_or(-1, |o| o.offset))
@@ -540,9 +600,14 @@ fn fetch_group(
         Some(wanted) => wanted
             .iter()
             .map(|t| {
-                let ps =
-                    t.partition_indexes.iter().map(|i| partition(t.name.as_str(), *i)).collect();
-                OffsetFetchResponseTopics::default().with_name(t.name.clone()).with_partitions(ps)
+                let ps = t
+                    .partition_indexes
+                    .iter()
+                    .map(|i| partition(t.name.as_str(), *i))
+                    .collect();
+                OffsetFetchResponseTopics::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(ps)
             })
             .collect(),
         None => group

@@ -93,7 +93,12 @@ pub(crate) struct SyncOutcome {
 
 impl SyncOutcome {
     pub fn error(error: i16) -> Self {
-        SyncOutcome { error, assignment: Bytes::new(), protocol_type: None, protocol_name: None }
+        SyncOutcome {
+            error,
+            assignment: Bytes::new(),
+            protocol_type: None,
+            protocol_name: None,
+        }
     }
 }
 
@@ -220,7 +225,9 @@ impl Group {
 
     /// The instance id is registered to another member id: the caller is a zombie.
     pub fn is_fenced(&self, member_id: &str, instance_id: Option<&str>) -> bool {
-        instance_id.and_then(|i| self.static_members.get(i)).is_some_and(|owner| owner != member_id)
+        instance_id
+            .and_then(|i| self.static_members.get(i))
+            .is_some_and(|owner| owner != member_id)
     }
 
     /// Whether a member offering `protocol_type` and `protocols` may join.
@@ -229,11 +236,17 @@ impl Group {
             return !protocol_type.is_empty() && !protocols.is_empty();
         }
         self.protocol_type.as_deref() == Some(protocol_type)
-            && protocols.iter().any(|(name, _)| self.members.values().all(|m| m.supports(name)))
+            && protocols
+                .iter()
+                .any(|(name, _)| self.members.values().all(|m| m.supports(name)))
     }
 
     fn rebalance_timeout_ms(&self) -> u64 {
-        self.members.values().map(|m| m.rebalance_timeout_ms).max().unwrap_or(0)
+        self.members
+            .values()
+            .map(|m| m.rebalance_timeout_ms)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Adds a new member that awaits its JoinGroup answer, then rebalances.
@@ -247,7 +260,8 @@ impl Group {
             self.leader = Some(member.id.clone());
         }
         if let Some(instance) = &member.instance_id {
-            self.static_members.insert(instance.clone(), member.id.clone());
+            self.static_members
+                .insert(instance.clone(), member.id.clone());
         }
         self.pending_members.remove(&member.id);
         self.members.insert(member.id.clone(), member);
@@ -285,7 +299,8 @@ impl Group {
         }
         member.id = new_id.to_owned();
         if let Some(instance) = &member.instance_id {
-            self.static_members.insert(instance.clone(), new_id.to_owned());
+            self.static_members
+                .insert(instance.clone(), new_id.to_owned());
         }
         if self.leader.as_deref() == Some(old_id) {
             self.leader = Some(new_id.to_owned());
@@ -368,8 +383,12 @@ impl Group {
     /// a protocol is chosen and every waiting member gets its answer (the leader gets the
     /// member list to compute the assignment from).
     pub fn complete_join(&mut self, now_ms: u64) {
-        let lagging: Vec<String> =
-            self.members.values().filter(|m| m.join_tx.is_none()).map(|m| m.id.clone()).collect();
+        let lagging: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.join_tx.is_none())
+            .map(|m| m.id.clone())
+            .collect();
         for id in lagging {
             self.drop_member(&id);
         }
@@ -384,7 +403,11 @@ impl Group {
             return;
         }
         self.protocol_name = self.select_protocol();
-        if !self.leader.as_ref().is_some_and(|l| self.members.contains_key(l)) {
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.contains_key(l))
+        {
             self.leader = self.members_in_join_order().first().map(|m| m.id.clone());
         }
         self.state = GroupState::CompletingRebalance;
@@ -404,7 +427,11 @@ impl Group {
         for m in self.members.values_mut() {
             m.session_deadline_ms = now_ms + m.session_timeout_ms;
             if let Some(tx) = m.join_tx.take() {
-                let members = if m.id == leader { roster.clone() } else { Vec::new() };
+                let members = if m.id == leader {
+                    roster.clone()
+                } else {
+                    Vec::new()
+                };
                 let _ = tx.try_send(JoinOutcome {
                     error: NONE,
                     generation: self.generation,
@@ -468,19 +495,24 @@ impl Group {
             .collect();
         let mut votes: HashMap<&str, usize> = HashMap::new();
         for m in &ordered {
-            if let Some((name, _)) =
-                m.protocols.iter().find(|(n, _)| candidates.contains(&n.as_str()))
+            if let Some((name, _)) = m
+                .protocols
+                .iter()
+                .find(|(n, _)| candidates.contains(&n.as_str()))
             {
                 *votes.entry(name.as_str()).or_default() += 1;
             }
         }
-        let best = candidates.iter().copied().fold(None::<(&str, usize)>, |best, c| {
-            let v = votes.get(c).copied().unwrap_or(0);
-            match best {
-                Some((_, bv)) if bv >= v => best,
-                _ => Some((c, v)),
-            }
-        });
+        let best = candidates
+            .iter()
+            .copied()
+            .fold(None::<(&str, usize)>, |best, c| {
+                let v = votes.get(c).copied().unwrap_or(0);
+                match best {
+                    Some((_, bv)) if bv >= v => best,
+                    _ => Some((c, v)),
+                }
+            });
         best.map(|(name, _)| name.to_owned())
             .or_else(|| reference.protocols.first().map(|(n, _)| n.clone()))
     }
@@ -511,7 +543,11 @@ impl Group {
     fn drop_member(&mut self, id: &str) -> Option<Member> {
         let member = self.members.remove(id)?;
         if let Some(instance) = &member.instance_id {
-            if self.static_members.get(instance).is_some_and(|owner| owner == id) {
+            if self
+                .static_members
+                .get(instance)
+                .is_some_and(|owner| owner == id)
+            {
                 self.static_members.remove(instance);
             }
         }
@@ -524,11 +560,18 @@ impl Group {
 
     /// The earliest instant at which `expire` has something to do.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        let sessions =
-            self.members.values().filter(|m| !m.awaiting()).map(|m| m.session_deadline_ms);
+        let sessions = self
+            .members
+            .values()
+            .filter(|m| !m.awaiting())
+            .map(|m| m.session_deadline_ms);
         let pending = self.pending_members.values().copied();
-        let join = self.join_deadline_ms.filter(|_| self.state == GroupState::PreparingRebalance);
-        let sync = self.sync_deadline_ms.filter(|_| !self.pending_sync.is_empty());
+        let join = self
+            .join_deadline_ms
+            .filter(|_| self.state == GroupState::PreparingRebalance);
+        let sync = self
+            .sync_deadline_ms
+            .filter(|_| !self.pending_sync.is_empty());
         sessions.chain(pending).chain(join).chain(sync).min()
     }
 

@@ -124,7 +124,9 @@ impl<L: GroupLog> GroupCoordinator<L> {
         inner
             .timers
             .next_ms()
-            .map_or(inner.next_retention_check_ms, |at| at.min(inner.next_retention_check_ms))
+            .map_or(inner.next_retention_check_ms, |at| {
+                at.min(inner.next_retention_check_ms)
+            })
     }
 
     /// Whether the offset-retention sweep is due; if so, books the next one.

@@ -32,10 +32,16 @@ pub enum FrameError {
 }
 
 /// Reads the size prefix and checks it against `max_frame_bytes`.
-pub fn frame_len(prefix: [u8; SIZE_PREFIX_LEN], max_frame_bytes: usize) -> Result<usize, FrameError> {
+pub fn frame_len(
+    prefix: [u8; SIZE_PREFIX_LEN],
+    max_frame_bytes: usize,
+) -> Result<usize, FrameError> {
     let len = i32::from_be_bytes(prefix);
     if len < 0 || len as usize > max_frame_bytes {
-        return Err(FrameError::BadSize { len: i64::from(len), max: max_frame_bytes });
+        return Err(FrameError::BadSize {
+            len: i64::from(len),
+            max: max_frame_bytes,
+        });
     }
     Ok(len as usize)
 }
@@ -66,8 +72,11 @@ pub fn decode_request_header(frame: &mut Bytes) -> Result<(ApiKey, RequestHeader
     let pre = Preamble::peek(frame)?;
     let key = ApiKey::try_from(pre.api_key).map_err(|_| FrameError::UnknownApiKey(pre.api_key))?;
     let header_version = key.request_header_version(pre.api_version);
-    let header = RequestHeader::decode(frame, header_version)
-        .map_err(|source| FrameError::Malformed { what: "request header", source })?;
+    let header =
+        RequestHeader::decode(frame, header_version).map_err(|source| FrameError::Malformed {
+            what: "request header",
+            source,
+        })?;
     Ok((key, header))
 }
 
@@ -113,15 +122,21 @@ pub fn decode_response_header(
     key: ApiKey,
     api_version: i16,
 ) -> Result<i32, FrameError> {
-    let header = ResponseHeader::decode(frame, key.response_header_version(api_version))
-        .map_err(|source| FrameError::Malformed { what: "response header", source })?;
+    let header = ResponseHeader::decode(frame, key.response_header_version(api_version)).map_err(
+        |source| FrameError::Malformed {
+            what: "response header",
+            source,
+        },
+    )?;
     Ok(header.correlation_id)
 }
 
 /// Decodes a response body of type `R` (after [`decode_response_header`]).
 pub fn decode_body<R: Decodable>(frame: &mut Bytes, api_version: i16) -> Result<R, FrameError> {
-    let body = R::decode(frame, api_version)
-        .map_err(|source| FrameError::Malformed { what: "message body", source })?;
+    let body = R::decode(frame, api_version).map_err(|source| FrameError::Malformed {
+        what: "message body",
+        source,
+    })?;
     Ok(body)
 }
 
@@ -156,7 +171,10 @@ mod tests {
             strip_size(&mut frame);
             let (key, header) = decode_request_header(&mut frame).unwrap();
             assert_eq!(key, ApiKey::ApiVersions);
-            assert_eq!((header.correlation_id, header.request_api_version), (7, version));
+            assert_eq!(
+                (header.correlation_id, header.request_api_version),
+                (7, version)
+            );
             assert_eq!(header.client_id.as_deref(), Some("test"));
             let body = ApiVersionsRequest::decode(&mut frame, version).unwrap();
             assert_eq!(body, req);
@@ -178,8 +196,14 @@ mod tests {
     #[test]
     fn short_and_unknown_headers_are_errors() {
         let mut short = Bytes::from_static(&[0, 18, 0]);
-        assert!(matches!(decode_request_header(&mut short), Err(FrameError::ShortHeader(3))));
+        assert!(matches!(
+            decode_request_header(&mut short),
+            Err(FrameError::ShortHeader(3))
+        ));
         let mut unknown = Bytes::from_static(&[0x7f, 0, 0, 0, 0, 0, 0, 1, 0, 0]);
-        assert!(matches!(decode_request_header(&mut unknown), Err(FrameError::UnknownApiKey(_))));
+        assert!(matches!(
+            decode_request_header(&mut unknown),
+            Err(FrameError::UnknownApiKey(_))
+        ));
     }
 }

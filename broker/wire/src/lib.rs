@@ -6,9 +6,12 @@
 //! - [`record_batch`]: the RecordBatch v2 header (parse, CRC-32C check, offset rewrite) and a
 //!   builder for producers (loadgen, tests).
 //! - [`records`]: the records inside an uncompressed batch, read in place.
+//! - [`alloc`]: the global allocator that keeps kafka-protocol's decoders from aborting the
+//!   process on a crafted array length (brokers and clients decode untrusted frames).
 //! - [`frame`]: the 4-byte size prefix and request/response headers on both sides.
 //! - [`fetch`]: the Fetch response encoded by hand around stored batches (no record copy).
 
+pub mod alloc;
 pub mod fetch;
 pub mod frame;
 pub mod record_batch;

@@ -47,7 +47,10 @@ pub enum BatchError {
     #[error("record batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
     #[error("record batch counts are inconsistent: record_count {record_count}, last_offset_delta {last_offset_delta}")]
-    BadCounts { record_count: i32, last_offset_delta: i32 },
+    BadCounts {
+        record_count: i32,
+        last_offset_delta: i32,
+    },
 }
 
 /// Compression codec named by the low three attribute bits.
@@ -85,7 +88,10 @@ impl BatchHeader {
     /// present. Does not check the CRC (see [`validate`]).
     pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         if buf.len() < HEADER_LEN {
-            return Err(BatchError::Truncated { need: HEADER_LEN, have: buf.len() });
+            return Err(BatchError::Truncated {
+                need: HEADER_LEN,
+                have: buf.len(),
+            });
         }
         let magic = buf[16] as i8;
         if magic != MAGIC_V2 {
@@ -97,7 +103,10 @@ impl BatchHeader {
         }
         let total = batch_length as usize + LOG_OVERHEAD;
         if buf.len() < total {
-            return Err(BatchError::Truncated { need: total, have: buf.len() });
+            return Err(BatchError::Truncated {
+                need: total,
+                have: buf.len(),
+            });
         }
         Ok(BatchHeader {
             base_offset: be_i64(buf, 0),
@@ -168,7 +177,10 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     let computed = crc32c::crc32c(&batch[CRC_START..header.total_len()]);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
     }
     Ok(header)
 }
@@ -186,7 +198,11 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
 /// Iterates over the batches concatenated in a produce request's `records` field. Yields the
 /// byte range of each whole batch; a trailing partial batch yields one error and ends.
 pub fn split_batches(records: &[u8]) -> SplitBatches<'_> {
-    SplitBatches { records, pos: 0, failed: false }
+    SplitBatches {
+        records,
+        pos: 0,
+        failed: false,
+    }
 }
 
 /// Iterator returned by [`split_batches`].
@@ -237,8 +253,11 @@ pub struct ProducerStamp {
 
 impl ProducerStamp {
     /// The stamp of a producer without an id (plain, non-idempotent).
-    pub const NONE: ProducerStamp =
-        ProducerStamp { producer_id: -1, producer_epoch: -1, base_sequence: -1 };
+    pub const NONE: ProducerStamp = ProducerStamp {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
 }
 
 /// Builds an uncompressed RecordBatch v2, for producers (loadgen, tests).
@@ -255,7 +274,13 @@ impl BatchBuilder {
     pub fn new(capacity_bytes: usize) -> BatchBuilder {
         let mut buf = Vec::with_capacity(capacity_bytes.max(HEADER_LEN));
         buf.resize(HEADER_LEN, 0);
-        BatchBuilder { buf, count: 0, base_timestamp: 0, max_timestamp: 0, scratch: Vec::new() }
+        BatchBuilder {
+            buf,
+            count: 0,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            scratch: Vec::new(),
+        }
     }
 
     pub fn len_records(&self) -> i32 {
@@ -370,7 +395,10 @@ mod tests {
         set_base_offset(&mut batch, 42);
         set_partition_leader_epoch(&mut batch, 7);
         let h = validate(&batch).unwrap();
-        assert_eq!((h.base_offset, h.last_offset(), h.partition_leader_epoch), (42, 43, 7));
+        assert_eq!(
+            (h.base_offset, h.last_offset(), h.partition_leader_epoch),
+            (42, 43, 7)
+        );
     }
 
     #[test]
@@ -389,7 +417,10 @@ mod tests {
         let mut batch = sample(2);
         let last = batch.len() - 1;
         batch[last] ^= 1;
-        assert!(matches!(validate(&batch), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate(&batch),
+            Err(BatchError::CrcMismatch { .. })
+        ));
     }
 
     #[test]

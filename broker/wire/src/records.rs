@@ -28,9 +28,18 @@ pub enum RecordError {
     #[error("record {index}: malformed varint")]
     Varint { index: i32 },
     #[error("record {index}: {what} length {len} is invalid ({left} bytes left)")]
-    BadLength { index: i32, what: &'static str, len: i64, left: usize },
+    BadLength {
+        index: i32,
+        what: &'static str,
+        len: i64,
+        left: usize,
+    },
     #[error("record {index}: announced {announced} bytes but its fields use {used}")]
-    LengthMismatch { index: i32, announced: usize, used: usize },
+    LengthMismatch {
+        index: i32,
+        announced: usize,
+        used: usize,
+    },
     #[error("batch announces {announced} records but its body holds {found}")]
     CountMismatch { announced: i32, found: i32 },
     #[error("batch body has {0} bytes after its last record")]
@@ -60,7 +69,11 @@ impl<'a> RecordView<'a> {
     /// so the iterator only yields `Err` if that validation has a bug.
     pub fn headers(&self) -> Headers<'a> {
         Headers {
-            cursor: Cursor { buf: self.headers, pos: 0, index: self.index },
+            cursor: Cursor {
+                buf: self.headers,
+                pos: 0,
+                index: self.index,
+            },
             left: self.header_count,
         }
     }
@@ -75,7 +88,11 @@ pub fn records(batch: &[u8]) -> Result<Records<'_>, RecordError> {
         return Err(RecordError::Compressed(compression));
     }
     Ok(Records {
-        cursor: Cursor { buf: &batch[HEADER_LEN..header.total_len()], pos: 0, index: 0 },
+        cursor: Cursor {
+            buf: &batch[HEADER_LEN..header.total_len()],
+            pos: 0,
+            index: 0,
+        },
         announced: header.record_count,
         read: 0,
         done: false,
@@ -151,7 +168,11 @@ impl<'a> Iterator for Headers<'a> {
 fn read_record<'a>(cursor: &mut Cursor<'a>) -> Result<RecordView<'a>, RecordError> {
     let length = cursor.varint()?;
     let announced = cursor.checked_len(length, "record")?;
-    let mut body = Cursor { buf: cursor.take(announced), pos: 0, index: cursor.index };
+    let mut body = Cursor {
+        buf: cursor.take(announced),
+        pos: 0,
+        index: cursor.index,
+    };
     let attributes = body.byte()? as i8;
     let timestamp_delta = body.varint()?;
     let offset_delta = body.varint()?;
@@ -181,7 +202,11 @@ fn read_record<'a>(cursor: &mut Cursor<'a>) -> Result<RecordView<'a>, RecordErro
     }
     let headers = &body.buf[headers_start..body.pos];
     if body.left() != 0 {
-        return Err(RecordError::LengthMismatch { index: body.index, announced, used: body.pos });
+        return Err(RecordError::LengthMismatch {
+            index: body.index,
+            announced,
+            used: body.pos,
+        });
     }
     Ok(RecordView {
         attributes,
@@ -237,7 +262,12 @@ impl<'a> Cursor<'a> {
     fn checked_len(&self, len: i64, what: &'static str) -> Result<usize, RecordError> {
         match usize::try_from(len) {
             Ok(n) if n <= self.left() => Ok(n),
-            _ => Err(RecordError::BadLength { index: self.index, what, len, left: self.left() }),
+            _ => Err(RecordError::BadLength {
+                index: self.index,
+                what,
+                len,
+                left: self.left(),
+            }),
         }
     }
 
@@ -266,14 +296,24 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut b = BatchBuilder::new(256);
-        b.push(&Record { key: Some(b"k0"), value: Some(b"v0"), headers: &[], timestamp_ms: 1000 });
+        b.push(&Record {
+            key: Some(b"k0"),
+            value: Some(b"v0"),
+            headers: &[],
+            timestamp_ms: 1000,
+        });
         b.push(&Record {
             key: None,
             value: Some(b"value-1"),
             headers: &[("h1", Some(b"x")), ("h2", None)],
             timestamp_ms: 1005,
         });
-        b.push(&Record { key: Some(b""), value: None, headers: &[], timestamp_ms: 999 });
+        b.push(&Record {
+            key: Some(b""),
+            value: None,
+            headers: &[],
+            timestamp_ms: 999,
+        });
         b.build(ProducerStamp::NONE, 0)
     }
 
@@ -286,9 +326,15 @@ mod tests {
             (recs[0].key, recs[0].value, recs[0].offset_delta),
             (Some(&b"k0"[..]), Some(&b"v0"[..]), 0)
         );
-        assert_eq!((recs[1].key, recs[1].timestamp_delta, recs[1].offset_delta), (None, 5, 1));
+        assert_eq!(
+            (recs[1].key, recs[1].timestamp_delta, recs[1].offset_delta),
+            (None, 5, 1)
+        );
         let headers: Vec<_> = recs[1].headers().collect::<Result<_, _>>().unwrap();
-        assert_eq!(headers, vec![(&b"h1"[..], Some(&b"x"[..])), (&b"h2"[..], None)]);
+        assert_eq!(
+            headers,
+            vec![(&b"h1"[..], Some(&b"x"[..])), (&b"h2"[..], None)]
+        );
         assert_eq!(
             (recs[2].key, recs[2].value, recs[2].timestamp_delta),
             (Some(&b""[..]), None, -1)
@@ -316,10 +362,19 @@ mod tests {
         let mut batch = sample();
         batch[57..61].copy_from_slice(&2i32.to_be_bytes());
         let result: Result<Vec<_>, _> = records(&batch).unwrap().collect();
-        assert!(matches!(result, Err(RecordError::TrailingBytes(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(RecordError::TrailingBytes(_))),
+            "{result:?}"
+        );
         batch[57..61].copy_from_slice(&4i32.to_be_bytes());
         let result: Result<Vec<_>, _> = records(&batch).unwrap().collect();
-        assert_eq!(result, Err(RecordError::CountMismatch { announced: 4, found: 3 }));
+        assert_eq!(
+            result,
+            Err(RecordError::CountMismatch {
+                announced: 4,
+                found: 3
+            })
+        );
     }
 
     #[test]
@@ -330,14 +385,20 @@ mod tests {
         assert_eq!(batch[HEADER_LEN + 4], 4, "layout assumption");
         batch[HEADER_LEN + 4] = 120;
         let result: Result<Vec<_>, _> = records(&batch).unwrap().collect();
-        assert!(matches!(result, Err(RecordError::BadLength { what: "key", .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(RecordError::BadLength { what: "key", .. })),
+            "{result:?}"
+        );
     }
 
     #[test]
     fn compressed_batches_are_refused() {
         let mut batch = sample();
         batch[22] |= 1;
-        assert_eq!(records(&batch).err(), Some(RecordError::Compressed(Compression::Gzip)));
+        assert_eq!(
+            records(&batch).err(),
+            Some(RecordError::Compressed(Compression::Gzip))
+        );
     }
 
     proptest! {

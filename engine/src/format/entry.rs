@@ -107,6 +107,43 @@ impl EntryHeader {
         b
     }
 
+    /// [`EntryHeader::encode_parts`] for a batch entry whose payload is `base_be` followed by
+    /// `batch[8..]`, without reading the payload again: `batch_crc` must be the batch's own
+    /// CRC-32C of `batch[21..covered_end]`, already checked against those bytes (by
+    /// `ringmq_wire::record_batch::validate`). Same CRC value, same bytes on disk.
+    ///
+    /// Why: the entry CRC and the batch CRC are the same function (CRC-32C) over overlapping
+    /// bytes, and a CRC is linear, so the entry CRC of `prefix ++ covered ++ rest` is the
+    /// prefix's CRC shifted over `covered`'s length, xor `crc(covered)`, then extended over
+    /// `rest`. Computing it twice over a 256 KiB batch cost a third of the append CPU.
+    pub fn encode_batch(
+        &self,
+        base_be: &[u8; 8],
+        batch: &[u8],
+        batch_crc: u32,
+        covered_end: usize,
+    ) -> [u8; HEADER_LEN] {
+        if self.kind == EntryKind::Padding
+            || covered_end < KAFKA_CRC_START
+            || covered_end > batch.len()
+        {
+            // Not a shape the shortcut knows: the plain computation is always right.
+            return self.encode_parts(&[base_be, batch.get(8..).unwrap_or_default()]);
+        }
+        let mut b = self.encode(&[]);
+        let prefix = crc32c::crc32c_append(crc32c::crc32c(&b[..CRC_OFFSET]), base_be);
+        let prefix = crc32c::crc32c_append(prefix, &batch[8..KAFKA_CRC_START]);
+        let covered = crc32c_shift(prefix, covered_end - KAFKA_CRC_START) ^ batch_crc;
+        let crc = crc32c::crc32c_append(covered, &batch[covered_end..]);
+        debug_assert_eq!(
+            crc,
+            le_u32(&self.encode_parts(&[base_be, &batch[8..]]), CRC_OFFSET),
+            "batch_crc must be the CRC-32C of batch[21..covered_end]"
+        );
+        put(&mut b, CRC_OFFSET, &crc.to_le_bytes());
+        b
+    }
+
     /// Decodes and sanity-checks a header (magic, version, kind, length limit). The CRC is
     /// checked separately by [`verify_crc`] once the payload is at hand.
     pub fn decode(b: &[u8]) -> Result<EntryHeader, FormatError> {
@@ -182,6 +219,59 @@ pub fn verify_crc(header: &[u8], decoded: &EntryHeader, payload: &[u8]) -> Resul
     Ok(())
 }
 
+/// Where a Kafka RecordBatch v2's own CRC-32C coverage starts (its `attributes` field, right
+/// after the 4-byte CRC at offset 17); the coverage runs to the batch end.
+pub const KAFKA_CRC_START: usize = 21;
+
+/// CRC-32C polynomial, bit-reflected (bit 31 is the coefficient of x^0, as in the CRC value).
+const CRC32C_POLY_REFLECTED: u32 = 0x82F6_3B78;
+
+/// `a * b mod P` over GF(2), both operands and the result bit-reflected like a CRC value.
+const fn gf2_mul_mod(a: u32, mut b: u32) -> u32 {
+    let mut p = 0;
+    let mut i = 0;
+    while i < 32 {
+        if a & (0x8000_0000 >> i) != 0 {
+            p ^= b;
+        }
+        // b = b * x mod P: one step right in the reflected form, reduced when x^31 falls out.
+        b = if b & 1 != 0 {
+            (b >> 1) ^ CRC32C_POLY_REFLECTED
+        } else {
+            b >> 1
+        };
+        i += 1;
+    }
+    p
+}
+
+/// `X8_POW2[k]` = x^(8 * 2^k) mod P: appending 2^k bytes multiplies a CRC by it.
+const X8_POW2: [u32; 64] = {
+    let mut t = [0u32; 64];
+    t[0] = 0x8000_0000 >> 8; // x^8
+    let mut k = 1;
+    while k < 64 {
+        t[k] = gf2_mul_mod(t[k - 1], t[k - 1]);
+        k += 1;
+    }
+    t
+};
+
+/// The CRC of `A ++ B` from `crc(A)` when `crc(B)` is xored in afterwards: `crc(A)` moved
+/// over `len_b` bytes (`crc(A ++ B) == crc32c_shift(crc(A), len(B)) ^ crc(B)`).
+fn crc32c_shift(mut crc: u32, len_b: usize) -> u32 {
+    let mut n = len_b as u64;
+    let mut k = 0;
+    while n != 0 {
+        if n & 1 != 0 {
+            crc = gf2_mul_mod(X8_POW2[k], crc);
+        }
+        n >>= 1;
+        k += 1;
+    }
+    crc
+}
+
 fn entry_crc(header: &[u8], kind: EntryKind, payload: &[u8]) -> u32 {
     let crc = crc32c::crc32c(&header[..CRC_OFFSET]);
     if kind == EntryKind::Padding {
@@ -226,6 +316,44 @@ mod tests {
             sample().encode_parts(&[b"he", b"llo"]),
             sample().encode(b"hello")
         );
+    }
+
+    /// The shortcut gives the very CRC the plain computation gives, for every batch length
+    /// (around the 21-byte prefix, powers of two, odd sizes) and with bytes past the coverage.
+    #[test]
+    fn batch_crc_shortcut_matches_the_plain_crc() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut data = vec![0u8; 300_000];
+        for d in data.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *d = state as u8;
+        }
+        let base = 42u64.to_be_bytes();
+        for len in [21usize, 22, 29, 61, 64, 100, 4096, 4117, 16_384, 65_557, 262_165, 300_000] {
+            for trailing in [0usize, 1, 7] {
+                let batch = &data[..len];
+                let covered_end = len - trailing.min(len - 21);
+                let batch_crc = crc32c::crc32c(&batch[KAFKA_CRC_START..covered_end]);
+                let h = EntryHeader {
+                    payload_len: len as u32,
+                    ..sample()
+                };
+                assert_eq!(
+                    h.encode_batch(&base, batch, batch_crc, covered_end),
+                    h.encode_parts(&[&base, &batch[8..]]),
+                    "len {len}, covered to {covered_end}"
+                );
+            }
+        }
+        for (a, b) in [(0usize, 5usize), (3, 1000), (777, 65_536), (1, 299_999)] {
+            let (x, y) = data[..a + b].split_at(a);
+            assert_eq!(
+                crc32c_shift(crc32c::crc32c(x), y.len()) ^ crc32c::crc32c(y),
+                crc32c::crc32c(&data[..a + b])
+            );
+        }
     }
 
     #[test]

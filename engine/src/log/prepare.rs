@@ -1,32 +1,60 @@
 //! Rolling to the next segment, and preparing that segment ahead of time: created under a
-//! temporary name, its blocks written with zeros and synced, then renamed into place when the
-//! log rolls.
+//! temporary name and preallocated as soon as the active segment is half full, renamed into
+//! place when the log rolls, and zero-filled in between while the disk is otherwise idle.
 //!
-//! Why: on ext4, O_DIRECT writes into fallocated (unwritten) extents take the inode lock
-//! exclusively and convert extents at completion, so concurrent writes serialise and every
-//! fdatasync must commit that conversion; overwrites of written blocks do neither. Measured by
-//! engine-verify here (2026-11-21): 1.36 GB/s into fallocated vs 2.71 GB/s into written blocks.
-//! Zeroing costs the same bytes once, at queue depth 1, off the append path.
+//! Why create ahead: creating a file costs milliseconds here (ext4 without a journal scans
+//! the inode bitmap past recently deleted inodes, `recently_deleted` in the profile), and a
+//! roll holds the append lock; renaming a ready file does not scan.
 //!
-//! Crash: a `.prep` file is not part of the log; recovery deletes any it finds. A failed
-//! preparation is not a durability event (no acknowledged data lives there): the file is
-//! dropped and the roll falls back to a plain fallocated segment.
+//! Why zero-fill, and only when idle: on ext4, O_DIRECT writes into fallocated (unwritten)
+//! extents take the inode lock exclusively and convert extents at completion; overwrites of
+//! written blocks do neither (measured 1.3-2x faster here). But zeroing writes every byte of
+//! the segment once more: under a load that keeps the disk busy it halved append throughput
+//! (measured 2026-11-21, 256 KiB batches: 0.52-0.60 of the raw loop with pacing against the
+//! append rate, see benches/README.md). So a zeroing write is issued only while no append
+//! write, no fdatasync and no staged data is pending; a busy log simply rolls onto a
+//! partly zeroed (still fully preallocated) segment.
+//!
+//! Crash: a `.prep` file is not part of the log; recovery deletes any it finds. A segment's
+//! bytes past the log end may hold anything (FORMAT.md), so zeros, unwritten blocks or a mix
+//! are all fine. A failed preparation is not a durability event (no acknowledged data lives
+//! there): the file is dropped and the roll falls back to a plain fallocated segment.
+//! Ordering hazard handled: a zeroing write still in flight when the roll takes the file could
+//! land after the appender's first write of the same blocks, so the roll waits for it.
 
 use super::{Segment, SEGMENT_SUFFIX};
+use crate::commit::Event;
 use crate::io::{FileKind, Storage};
 use crate::log::recovery::create_segment;
 use crate::log::recovery::now_ms;
-use crate::shard::{Inner, PREP_LEAD_BYTES};
+use crate::shard::Inner;
 use crate::EngineError;
 use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 /// Suffix of segments being prepared.
 pub(crate) const PREP_SUFFIX: &str = ".prep";
-/// Size of each zeroing write.
+/// Size of each zeroing write: an append arriving meanwhile waits for at most one of them.
 const ZERO_CHUNK_BYTES: u64 = 1 << 20;
+/// How long the zeroing task waits before looking again when the disk is busy.
+const IDLE_POLL_MS: u64 = 2;
+
+/// The next segment, created ahead of the roll (see the module docs).
+pub(crate) struct PreparedSegment {
+    pub seg: Rc<Segment>,
+    /// Set by the roll when it takes the file: zeroing stops.
+    taken: Cell<bool>,
+    /// A zeroing write or the final fdatasync of this file is in flight.
+    io_inflight: Cell<bool>,
+    /// A preparation I/O failed: the file must not become part of the log.
+    failed: Cell<bool>,
+    /// Every block has been zeroed (tests and metrics).
+    pub zeroed: Cell<bool>,
+    /// Notified when an I/O of the preparation completes.
+    io_done: Event,
+}
 
 impl Inner {
     /// Ends the active segment and starts the next. Called with the append lock held.
@@ -40,29 +68,45 @@ impl Inner {
         let dir = self.cfg.dir.clone();
         let prepared = self.next_segment.borrow_mut().take();
         let prepared = match prepared {
-            Some(p) if p.start != start => {
-                // Cannot happen (a preparation is only kept for the segment after the active
-                // one), but a wrongly placed segment must never become part of the log.
-                let _ = self.io.remove(p.path.clone()).await;
-                None
+            Some(p) => {
+                p.taken.set(true);
+                // No zeroing write may be in flight once the appender writes this file.
+                loop {
+                    let listen = p.io_done.listen();
+                    if !p.io_inflight.get() {
+                        break;
+                    }
+                    listen.await;
+                }
+                if p.failed.get() || p.seg.start != start {
+                    // A wrongly placed segment (cannot happen: a preparation is only kept for
+                    // the segment after the active one) or a failed one never joins the log.
+                    let _ = self.io.remove(p.seg.path.clone()).await;
+                    None
+                } else {
+                    Some(p)
+                }
             }
-            other => other,
+            None => None,
         };
         let created = async {
             let seg = match prepared {
-                // Zero-filled ahead of time: only its name changes. The rename is made durable
+                // Created ahead of time: only its name changes. The rename is made durable
                 // by the directory sync below, before any data of the segment is acknowledged.
                 Some(p) => {
                     self.prepared_rolls.set(self.prepared_rolls.get() + 1);
+                    if p.zeroed.get() {
+                        self.zeroed_rolls.set(self.zeroed_rolls.get() + 1);
+                    }
                     let path = crate::log::segment_path(&dir, start);
                     self.io
-                        .rename(p.path.clone(), path.clone())
+                        .rename(p.seg.path.clone(), path.clone())
                         .await
-                        .map_err(|e| EngineError::io("rename prepared segment", &p.path, e))?;
+                        .map_err(|e| EngineError::io("rename prepared segment", &p.seg.path, e))?;
                     Rc::new(crate::log::Segment {
                         start,
-                        size: p.size,
-                        file: p.file.clone(),
+                        size: p.seg.size,
+                        file: p.seg.file.clone(),
                         path,
                         modified_ms: Cell::new(now_ms()),
                     })
@@ -92,7 +136,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Starts zero-filling the segment after the active one once the active one is half full
+    /// Whether the log has no write, fdatasync or staged data pending: a zeroing write now
+    /// takes the disk from nobody.
+    fn log_idle(&self) -> bool {
+        self.gc.quiescent() && self.state.borrow().appender.staged_bytes() == 0
+    }
+
+    /// Starts preparing the segment after the active one once the active one is half full
     /// (short-lived shards, such as tests, never pay for it).
     pub(crate) fn maybe_prepare_next(self: &Rc<Self>) {
         if self.prep_started.get() || !self.io.prefers_written_extents() {
@@ -114,43 +164,54 @@ impl Inner {
             self.cfg.segment_size_bytes,
         );
         glommio::spawn_local(async move {
-            let pace = |zeroed: u64| {
-                let Some(inner) = weak.upgrade().filter(|i| !i.stopped()) else {
-                    return Pace::Stop;
-                };
-                let st = inner.state.borrow();
-                let seg = st.appender.segment();
-                if seg.end() != start {
-                    return Pace::Stop;
-                }
-                // Zero 2.5x as fast as data arrives after half-full, so the next segment is
-                // ready when this one is 90% full, plus a lead for bursts.
-                let fill = st.appender.next_pos() - seg.start;
-                let allowed = fill.saturating_sub(seg.size / 2) * 5 / 2 + PREP_LEAD_BYTES;
-                if zeroed < allowed {
-                    Pace::Go
-                } else {
-                    Pace::Wait
-                }
+            // Still the segment after the active one, on a live shard?
+            let current = |weak: &Weak<Inner>| {
+                weak.upgrade().filter(|i| {
+                    !i.stopped() && i.state.borrow().appender.segment().end() == start
+                })
             };
-            match crate::log::prepare::prepare_segment(&*io, &dir, start, size, pace).await {
-                Ok(seg) => {
-                    let current = weak
-                        .upgrade()
-                        .filter(|i| i.state.borrow().appender.segment().end() == start);
-                    match current {
-                        Some(inner) => *inner.next_segment.borrow_mut() = Some(seg),
-                        // The log rolled before we finished: this file will never be used.
-                        None => {
-                            let _ = io.remove(seg.path.clone()).await;
-                        }
-                    }
-                }
+            let seg = match create_prepared(&*io, &dir, start, size).await {
+                Ok(seg) => seg,
                 Err(e) => {
                     // Not a durability event: no acknowledged data lives in this file.
                     tracing::warn!(error = %e, start, "preparing the next segment failed");
-                    let _ = io.remove(crate::log::prepare::prep_path(&dir, start)).await;
+                    let _ = io.remove(prep_path(&dir, start)).await;
+                    return;
                 }
+            };
+            let Some(inner) = current(&weak) else {
+                // The log rolled before we finished: this file will never be used.
+                let _ = io.remove(seg.path.clone()).await;
+                return;
+            };
+            let p = Rc::new(PreparedSegment {
+                seg,
+                taken: Cell::new(false),
+                io_inflight: Cell::new(false),
+                failed: Cell::new(false),
+                zeroed: Cell::new(false),
+                io_done: Event::default(),
+            });
+            *inner.next_segment.borrow_mut() = Some(p.clone());
+            drop(inner);
+            zero_fill_when_idle(&*io, &p, |wait_ok| {
+                let inner = current(&weak)?;
+                Some(!wait_ok || inner.log_idle())
+            })
+            .await;
+            if p.failed.get() && !p.taken.get() {
+                // Not a durability event either; the roll will create a plain segment.
+                if let Some(inner) = weak.upgrade() {
+                    let mine = inner
+                        .next_segment
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|n| Rc::ptr_eq(n, &p));
+                    if mine {
+                        inner.next_segment.borrow_mut().take();
+                    }
+                }
+                let _ = io.remove(p.seg.path.clone()).await;
             }
         })
         .detach();
@@ -161,61 +222,16 @@ pub(crate) fn prep_path(dir: &Path, start: u64) -> PathBuf {
     dir.join(format!("{start:020}{SEGMENT_SUFFIX}{PREP_SUFFIX}"))
 }
 
-/// What the preparation may do next, asked before each zeroing write.
-pub(crate) enum Pace {
-    Go,
-    /// Ahead of the appender: wait a little (zeroing at full speed would take the disk from
-    /// the appender in bursts).
-    Wait,
-    /// The shard is gone or the log rolled: stop.
-    Stop,
-}
-
-/// How long a paced preparation waits before asking again.
-const PACE_WAIT_MS: u64 = 2;
-
-/// Creates and zero-fills the segment that will start at `start`. `pace(zeroed_bytes)` is
-/// asked before each write.
-pub(crate) async fn prepare_segment(
+/// Creates the segment that will start at `start` under its temporary name, preallocated.
+async fn create_prepared(
     io: &dyn Storage,
     dir: &Path,
     start: u64,
     size: u64,
-    pace: impl Fn(u64) -> Pace,
 ) -> io::Result<Rc<Segment>> {
     let path = prep_path(dir, start);
     let file = io.open(path.clone(), FileKind::Direct, true).await?;
     file.preallocate(size).await?;
-    let mut buf = io.alloc(ZERO_CHUNK_BYTES.min(size) as usize);
-    buf.as_mut_slice().fill(0);
-    let mut pos = 0;
-    while pos < size {
-        match pace(pos) {
-            Pace::Go => {}
-            Pace::Wait => {
-                glommio::timer::sleep(std::time::Duration::from_millis(PACE_WAIT_MS)).await;
-                continue;
-            }
-            Pace::Stop => return Err(io::Error::other("segment preparation no longer needed")),
-        }
-        let n = (size - pos).min(buf.len() as u64);
-        if n < buf.len() as u64 {
-            buf = io.alloc(n as usize);
-            buf.as_mut_slice().fill(0);
-        }
-        // One write at a time: this competes with the appender for the disk.
-        let back = file.write_at(buf, pos).await?;
-        pos += n;
-        buf = match back {
-            Some(b) => b,
-            None => {
-                let mut b = io.alloc(ZERO_CHUNK_BYTES.min(size - pos).max(4096) as usize);
-                b.as_mut_slice().fill(0);
-                b
-            }
-        };
-    }
-    file.fdatasync().await?;
     Ok(Rc::new(Segment {
         start,
         size,
@@ -223,4 +239,70 @@ pub(crate) async fn prepare_segment(
         path,
         modified_ms: Cell::new(now_ms()),
     }))
+}
+
+/// Zero-fills `p` front to back, one write at a time, each only when `may_write(true)` says
+/// the disk is idle (`Some(false)`: wait, `None`: stop), then fdatasyncs it so that the
+/// appender's first fdatasync after the roll has no extent conversion to write. Stops when
+/// the roll takes the file. A failure marks `p` failed.
+async fn zero_fill_when_idle(
+    io: &dyn Storage,
+    p: &PreparedSegment,
+    may_write: impl Fn(bool) -> Option<bool>,
+) {
+    let size = p.seg.size;
+    let mut buf: Option<crate::io::IoBuf> = None;
+    let mut pos = 0;
+    while pos < size {
+        if p.taken.get() {
+            return;
+        }
+        match may_write(true) {
+            None => return,
+            Some(false) => {
+                glommio::timer::sleep(std::time::Duration::from_millis(IDLE_POLL_MS)).await;
+                continue;
+            }
+            Some(true) => {}
+        }
+        let n = (size - pos).min(ZERO_CHUNK_BYTES);
+        let b = match buf.take() {
+            Some(b) if b.len() as u64 == n => b,
+            _ => {
+                // Not zeroed by `alloc`; the one buffer is reused for every write.
+                let mut b = io.alloc(n as usize);
+                b.as_mut_slice().fill(0);
+                b
+            }
+        };
+        p.io_inflight.set(true);
+        let r = p.seg.file.write_at(b, pos).await;
+        p.io_inflight.set(false);
+        p.io_done.notify();
+        match r {
+            Ok(back) => buf = back,
+            Err(e) => {
+                tracing::warn!(error = %e, start = p.seg.start, "zero-filling the next segment failed");
+                p.failed.set(true);
+                return;
+            }
+        }
+        pos += n;
+    }
+    if p.taken.get() || may_write(false).is_none() {
+        return;
+    }
+    p.io_inflight.set(true);
+    let r = p.seg.file.fdatasync().await;
+    p.io_inflight.set(false);
+    p.io_done.notify();
+    match r {
+        Ok(()) => p.zeroed.set(true),
+        Err(e) => {
+            // The file is never used after this: an error reported here must not be one the
+            // appender's own fdatasync of the same file would then miss.
+            tracing::warn!(error = %e, start = p.seg.start, "syncing the next segment failed");
+            p.failed.set(true);
+        }
+    }
 }

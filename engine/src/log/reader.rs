@@ -10,6 +10,7 @@ use crate::format::entry::{verify_crc, EntryHeader, EntryKind, HEADER_LEN};
 use crate::io::{align_down, align_up};
 use crate::EngineError;
 use bytes::Bytes;
+use std::rc::Rc;
 
 /// Entries further apart than this are read with separate I/Os.
 pub(crate) const MAX_READ_GAP_BYTES: u64 = 64 << 10;
@@ -25,28 +26,48 @@ pub(crate) struct EntryLoc {
     pub entry_len: u32,
 }
 
+/// Reads issued at once by one call, at most (a queue's batches are interleaved with other
+/// queues' in the log, so a fetch of one queue is often many small reads; one at a time they
+/// ran at ~200 MB/s here).
+pub(crate) const MAX_READS_IN_FLIGHT: usize = 16;
+
 /// Reads the given entries (all in `seg`, in log order) and returns their batches.
 pub(crate) async fn read_entries(
-    seg: &Segment,
+    seg: &Rc<Segment>,
     locs: &[EntryLoc],
 ) -> Result<Vec<Bytes>, EngineError> {
-    let mut out = Vec::with_capacity(locs.len());
-    let mut i = 0;
-    while i < locs.len() {
-        // Grow a run while the next entry is close and the read stays bounded.
-        let mut j = i + 1;
-        while j < locs.len() {
-            let prev_end = locs[j - 1].log_pos + u64::from(locs[j - 1].entry_len);
-            let end = locs[j].log_pos + u64::from(locs[j].entry_len);
-            if locs[j].log_pos > prev_end + MAX_READ_GAP_BYTES
-                || end - locs[i].log_pos > MAX_READ_BYTES
-            {
-                break;
-            }
-            j += 1;
+    // Group entries that lie close together into one read each.
+    let mut runs: Vec<Vec<EntryLoc>> = Vec::new();
+    for loc in locs {
+        let joins = runs
+            .last()
+            .and_then(|r| r.first().zip(r.last()))
+            .is_some_and(|(first, prev)| {
+                let prev_end = prev.log_pos + u64::from(prev.entry_len);
+                let end = loc.log_pos + u64::from(loc.entry_len);
+                loc.log_pos <= prev_end + MAX_READ_GAP_BYTES
+                    && end - first.log_pos <= MAX_READ_BYTES
+            });
+        match runs.last_mut() {
+            Some(r) if joins => r.push(*loc),
+            _ => runs.push(vec![*loc]),
         }
-        read_run(seg, &locs[i..j], &mut out).await?;
-        i = j;
+    }
+    let mut out = Vec::with_capacity(locs.len());
+    for wave in runs.chunks(MAX_READS_IN_FLIGHT) {
+        let tasks: Vec<_> = wave
+            .iter()
+            .map(|run| {
+                let (seg, run) = (seg.clone(), run.clone());
+                glommio::spawn_local(async move {
+                    let mut got = Vec::with_capacity(run.len());
+                    read_run(&seg, &run, &mut got).await.map(|()| got)
+                })
+            })
+            .collect();
+        for t in tasks {
+            out.extend(t.await?);
+        }
     }
     Ok(out)
 }

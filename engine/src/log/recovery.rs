@@ -33,7 +33,7 @@ use std::rc::Rc;
 /// Name of the checkpoint file in the shard directory.
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 /// Size of the read-ahead window of the recovery scan.
-const SCAN_CHUNK_BYTES: u64 = 1 << 20;
+const SCAN_CHUNK_BYTES: u64 = 4 << 20;
 
 /// Everything recovery found.
 pub(crate) struct Recovered {

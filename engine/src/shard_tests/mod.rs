@@ -163,6 +163,40 @@ fn reads_from_disk_match_reads_from_the_cache() {
     });
 }
 
+/// Interleaved queues with large batches: one fetch becomes many separate reads, issued in
+/// waves; the batches still come back whole and in offset order.
+#[test]
+fn scattered_batches_are_read_in_order() {
+    run(|| async {
+        let io = MemStorage::new();
+        let c = ShardConfig {
+            segment_size_bytes: 8 << 20,
+            tail_cache_bytes: 0,
+            ..cfg("/sc")
+        };
+        let s = open(&c, &io).await;
+        for i in 0..120u32 {
+            let b = batch(1 + (i as usize / 3) % 4, 0, -1, -1, 30_000);
+            s.append(QueueId(i % 3), b, Durability::Written)
+                .await
+                .unwrap();
+        }
+        let r = s.read(QueueId(2), Offset(0), 8 << 20).await.unwrap();
+        assert_eq!(
+            r.batches.len(),
+            40,
+            "more batches than MAX_READS_IN_FLIGHT, one read each"
+        );
+        let mut next = 0;
+        for b in &r.batches {
+            let h = validate(b).unwrap();
+            assert_eq!(h.base_offset, next);
+            next = h.last_offset() + 1;
+        }
+        assert_eq!(Offset(next as u64), r.end_offset);
+    });
+}
+
 #[test]
 fn concurrent_durable_appends_share_fdatasyncs() {
     run(|| async {
@@ -431,8 +465,9 @@ fn reused_chunk_buffers_write_intact_data() {
     });
 }
 
-/// With written-extent preference, rolls use segments zero-filled ahead of time; the data is
-/// the same after a crash, and recovery deletes a half-prepared file.
+/// With written-extent preference, rolls use segments created ahead of time and zero-filled
+/// while the log was idle; the data is the same after a crash, and recovery deletes a
+/// half-prepared file.
 #[test]
 fn prepared_segments_are_used_and_cleaned_up() {
     run(|| async {
@@ -445,14 +480,32 @@ fn prepared_segments_are_used_and_cleaned_up() {
             s.append(QueueId(i % 2), b, Durability::Written)
                 .await
                 .unwrap();
-            // Let the preparation task run between appends, as a live broker would.
-            glommio::executor().yield_task_queue_now().await;
+            // Leave the log idle until a started preparation is zero-filled, as a broker
+            // between bursts would (zeroing writes are only issued while the log is idle).
+            for _ in 0..1000 {
+                let ready = !s.inner.prep_started.get()
+                    || s.inner
+                        .next_segment
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|p| p.zeroed.get());
+                if ready {
+                    break;
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
         }
         s.flush().await.unwrap();
         assert!(
             s.inner.prepared_rolls.get() >= 2,
             "{} prepared rolls",
             s.inner.prepared_rolls.get()
+        );
+        // The log is idle between these appends, so the zeroing finished before the rolls.
+        assert!(
+            s.inner.zeroed_rolls.get() >= 2,
+            "{} zeroed rolls",
+            s.inner.zeroed_rolls.get()
         );
         let before = (
             read_all(&s, QueueId(0)).await,

@@ -59,6 +59,16 @@ pub fn pattern_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// An uncompressed RecordBatch v2 of `records` records with `value_len`-byte values, base
 /// offset 0 as a producer sends it. `seed` makes the contents unique.
 pub fn make_batch(seed: u64, records: usize, value_len: usize) -> Bytes {
+    make_batch_stamped(seed, records, value_len, ProducerStamp::NONE)
+}
+
+/// [`make_batch`] with a producer stamp (idempotent producer id, epoch, base sequence).
+pub fn make_batch_stamped(
+    seed: u64,
+    records: usize,
+    value_len: usize,
+    stamp: ProducerStamp,
+) -> Bytes {
     let values: Vec<Vec<u8>> = (0..records)
         .map(|i| pattern_bytes(seed ^ ((i as u64) << 32), value_len))
         .collect();
@@ -75,7 +85,7 @@ pub fn make_batch(seed: u64, records: usize, value_len: usize) -> Bytes {
                 + i as i64,
         });
     }
-    Bytes::from(b.build(ProducerStamp::NONE, 0))
+    Bytes::from(b.build(stamp, 0))
 }
 
 /// Number of records in a batch built by [`make_batch`] (from its header).

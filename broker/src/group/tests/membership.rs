@@ -7,7 +7,10 @@ const G: &str = "orders";
 
 /// Rejoins `ids` (as tasks) and returns their join responses once the phase completes.
 async fn rejoin_all(h: &Harness, ids: &[String]) -> Vec<JoinGroupResponse> {
-    let tasks: Vec<_> = ids.iter().map(|id| spawn_join(&h.coord, join_req(G, id, RANGE))).collect();
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| spawn_join(&h.coord, join_req(G, id, RANGE)))
+        .collect();
     let mut out = Vec::new();
     for t in tasks {
         out.push(t.await);
@@ -41,7 +44,10 @@ fn leader_gets_the_members_and_followers_do_not() {
         h.clock.advance_ms(100);
         h.coord.tick();
         let (ra, rb) = (ta.await, tb.await);
-        assert_eq!((ra.leader.as_str(), rb.leader.as_str()), (a.as_str(), a.as_str()));
+        assert_eq!(
+            (ra.leader.as_str(), rb.leader.as_str()),
+            (a.as_str(), a.as_str())
+        );
         let listed: Vec<_> = ra.members.iter().map(|m| m.member_id.to_string()).collect();
         assert_eq!(listed, vec![a.clone(), b.clone()]);
         assert_eq!(ra.members[1].metadata.as_ref(), b"sub");
@@ -63,10 +69,20 @@ fn fourth_member_triggers_a_rebalance() {
         let rejoined = rejoin_all(&h, &ids).await;
         let rd = td.await;
         ids.push(d);
-        assert!(rejoined.iter().chain([&rd]).all(|r| r.error_code == 0 && r.generation_id == 2));
+        assert!(rejoined
+            .iter()
+            .chain([&rd])
+            .all(|r| r.error_code == 0 && r.generation_id == 2));
         assert_eq!(rejoined[0].members.len(), 4, "the leader sees all four");
-        assert_eq!(h.coord.group_state(G), Some(GroupState::CompletingRebalance));
-        assert_eq!(heartbeat(&h.coord, G, &ids[0], 1), 22, "old generation is illegal");
+        assert_eq!(
+            h.coord.group_state(G),
+            Some(GroupState::CompletingRebalance)
+        );
+        assert_eq!(
+            heartbeat(&h.coord, G, &ids[0], 1),
+            22,
+            "old generation is illegal"
+        );
     });
 }
 
@@ -77,7 +93,11 @@ fn a_leaving_member_triggers_a_rebalance() {
         let ids = stable_group(&h, G, 3).await;
         assert_eq!(leave(&h.coord, G, &[&ids[2]]).await, vec![0]);
         assert_eq!(h.coord.group_state(G), Some(GroupState::PreparingRebalance));
-        assert_eq!(heartbeat(&h.coord, G, &ids[2], 1), 25, "gone member is unknown");
+        assert_eq!(
+            heartbeat(&h.coord, G, &ids[2], 1),
+            25,
+            "gone member is unknown"
+        );
         let rejoined = rejoin_all(&h, &ids[..2]).await;
         assert!(rejoined.iter().all(|r| r.generation_id == 2));
         assert_eq!(rejoined[0].members.len(), 2);
@@ -108,7 +128,11 @@ fn session_timeout_removes_a_silent_member() {
         h.clock.advance_ms(half);
         h.coord.tick();
         assert_eq!(h.coord.group_state(G), Some(GroupState::PreparingRebalance));
-        assert_eq!(heartbeat(&h.coord, G, &ids[2], 1), 25, "expired member was removed");
+        assert_eq!(
+            heartbeat(&h.coord, G, &ids[2], 1),
+            25,
+            "expired member was removed"
+        );
         assert_eq!(heartbeat(&h.coord, G, &ids[0], 1), 27);
         let rejoined = rejoin_all(&h, &ids[..2]).await;
         assert_eq!(rejoined[0].members.len(), 2);
@@ -152,8 +176,10 @@ fn a_leader_that_never_syncs_is_removed_at_the_sync_timeout() {
         let _ = (ta.await, tb.await);
         let follower = spawn_sync(&h.coord, sync_req(G, &b, 1, &[]));
         let c = h.coord.clone();
-        until("follower waits", move || c.inner.borrow().groups[G].members[&b].sync_tx.is_some())
-            .await;
+        until("follower waits", move || {
+            c.inner.borrow().groups[G].members[&b].sync_tx.is_some()
+        })
+        .await;
         // The leader stays alive (heartbeats) but never sends SyncGroup.
         for _ in 0..4 {
             h.clock.advance_ms(REBALANCE_MS as u64 / 4 + 1);
@@ -178,7 +204,10 @@ fn wrong_generation_and_unknown_member_are_refused() {
         assert_eq!(r.error_code, 22);
         let r = h.coord.sync_group(sync_req(G, "ghost", 1, &[]), 5).await;
         assert_eq!(r.error_code, 25);
-        let r = h.coord.join_group(join_req(G, "ghost", RANGE), 5, "c", "h").await;
+        let r = h
+            .coord
+            .join_group(join_req(G, "ghost", RANGE), 5, "c", "h")
+            .await;
         assert_eq!(r.error_code, 25);
         // A follower's repeated SyncGroup in Stable gets its assignment again.
         let r = h.coord.sync_group(sync_req(G, &ids[1], 1, &[]), 5).await;
@@ -206,7 +235,10 @@ fn member_id_required_and_unused_ids_expire() {
         let h = harness(config(100));
         let ids = stable_group(&h, G, 2).await;
         assert_eq!(leave(&h.coord, G, &[&ids[1]]).await, vec![0]);
-        let first = h.coord.join_group(join_req(G, "", RANGE), 4, "cli", "h").await;
+        let first = h
+            .coord
+            .join_group(join_req(G, "", RANGE), 4, "cli", "h")
+            .await;
         assert_eq!((first.error_code, first.generation_id), (79, -1));
         let ta = spawn_join(&h.coord, join_req(G, &ids[0], RANGE));
         let (c, a) = (h.coord.clone(), ids[0].clone());
@@ -221,11 +253,17 @@ fn member_id_required_and_unused_ids_expire() {
         h.coord.tick();
         let r = ta.await;
         assert_eq!((r.error_code, r.generation_id, r.members.len()), (0, 2, 1));
-        let late = h.coord.join_group(join_req(G, &first.member_id, RANGE), 4, "cli", "h").await;
+        let late = h
+            .coord
+            .join_group(join_req(G, &first.member_id, RANGE), 4, "cli", "h")
+            .await;
         assert_eq!(late.error_code, 25, "expired pending id is unknown");
         // Clients before v4 are admitted at once, without the round trip.
         let h0 = harness(config(0));
-        let r = h0.coord.join_group(join_req("fresh", "", RANGE), 3, "old", "h").await;
+        let r = h0
+            .coord
+            .join_group(join_req("fresh", "", RANGE), 3, "old", "h")
+            .await;
         assert_eq!((r.error_code, r.generation_id), (0, 1));
         assert!(r.member_id.starts_with("old-"), "{}", r.member_id.as_str());
     });
@@ -237,7 +275,10 @@ fn initial_delay_zero_completes_a_lone_member_at_once() {
         let h = harness(config(0));
         let (a, ta) = join_new(&h.coord, G).await;
         let r = ta.await;
-        assert_eq!((r.error_code, r.generation_id, r.leader.as_str()), (0, 1, a.as_str()));
+        assert_eq!(
+            (r.error_code, r.generation_id, r.leader.as_str()),
+            (0, 1, a.as_str())
+        );
     });
 }
 
@@ -250,14 +291,31 @@ fn join_validation_errors() {
         assert_eq!(c.join_group(bad_session, 5, "c", "h").await.error_code, 26);
         let too_long = join_req(G, "", RANGE).with_session_timeout_ms(120_000);
         assert_eq!(c.join_group(too_long, 5, "c", "h").await.error_code, 26);
-        assert_eq!(c.join_group(join_req("", "", RANGE), 5, "c", "h").await.error_code, 24);
-        assert_eq!(c.join_group(join_req(G, "", &[]), 5, "c", "h").await.error_code, 23);
+        assert_eq!(
+            c.join_group(join_req("", "", RANGE), 5, "c", "h")
+                .await
+                .error_code,
+            24
+        );
+        assert_eq!(
+            c.join_group(join_req(G, "", &[]), 5, "c", "h")
+                .await
+                .error_code,
+            23
+        );
         let huge = vec![0u8; super::super::MAX_PROTOCOL_METADATA_BYTES + 1];
-        let r = c.join_group(join_req(G, "", &[("range", &huge)]), 5, "c", "h").await;
+        let r = c
+            .join_group(join_req(G, "", &[("range", &huge)]), 5, "c", "h")
+            .await;
         assert_eq!(r.error_code, 42);
         let long_name = "x".repeat(super::super::MAX_PROTOCOL_NAME_BYTES + 1);
-        let r = c.join_group(join_req(G, "", &[(long_name.as_str(), b"")]), 5, "c", "h").await;
-        assert_eq!(r.error_code, 42, "protocol names are bounded before they reach the log");
+        let r = c
+            .join_group(join_req(G, "", &[(long_name.as_str(), b"")]), 5, "c", "h")
+            .await;
+        assert_eq!(
+            r.error_code, 42,
+            "protocol names are bounded before they reach the log"
+        );
         let (_a, ta) = join_new(c, G).await;
         assert_eq!(ta.await.error_code, 0);
         // A member offering only a protocol the group does not use cannot join.
@@ -274,10 +332,16 @@ fn the_protocol_all_members_support_is_chosen() {
         let h = harness(config(100));
         let (_, a) = join_new_with(&h.coord, G, &[("sticky", b"a"), ("range", b"a")]).await;
         let c = h.coord.clone();
-        until("a joined", move || c.inner.borrow().groups[G].members.len() == 1).await;
+        until("a joined", move || {
+            c.inner.borrow().groups[G].members.len() == 1
+        })
+        .await;
         let (_, b) = join_new_with(&h.coord, G, &[("roundrobin", b"b"), ("range", b"b")]).await;
         let c = h.coord.clone();
-        until("b joined", move || c.inner.borrow().groups[G].members.len() == 2).await;
+        until("b joined", move || {
+            c.inner.borrow().groups[G].members.len() == 2
+        })
+        .await;
         h.clock.advance_ms(100);
         h.coord.tick();
         let (ra, rb) = (a.await, b.await);
@@ -298,14 +362,26 @@ fn member_and_group_limits() {
             let (_id, t) = join_new(&h.coord, G).await;
             t.detach();
         }
-        let r = h.coord.join_group(join_req(G, "", RANGE), 5, "c", "h").await;
+        let r = h
+            .coord
+            .join_group(join_req(G, "", RANGE), 5, "c", "h")
+            .await;
         assert_eq!(r.error_code, 81, "GROUP_MAX_SIZE_REACHED");
         for i in 0..9 {
-            let r = h.coord.join_group(join_req(&format!("g{i}"), "", RANGE), 5, "c", "h").await;
+            let r = h
+                .coord
+                .join_group(join_req(&format!("g{i}"), "", RANGE), 5, "c", "h")
+                .await;
             assert_eq!(r.error_code, 79);
         }
-        let r = h.coord.join_group(join_req("one-too-many", "", RANGE), 5, "c", "h").await;
-        assert_eq!(r.error_code, 15, "group limit answers COORDINATOR_NOT_AVAILABLE");
+        let r = h
+            .coord
+            .join_group(join_req("one-too-many", "", RANGE), 5, "c", "h")
+            .await;
+        assert_eq!(
+            r.error_code, 15,
+            "group limit answers COORDINATOR_NOT_AVAILABLE"
+        );
         assert_eq!(h.coord.group_count(), 10);
     });
 }
@@ -333,15 +409,27 @@ fn static_member_restart_fences_the_old_id() {
             .with_member_id(s(&old_id))
             .with_generation_id(2)
             .with_group_instance_id(Some(s("pod-1")));
-        assert_eq!(h.coord.heartbeat(hb, 4).error_code, 82, "FENCED_INSTANCE_ID");
-        let leave = LeaveGroupRequest::default().with_group_id(GroupId(s(G))).with_members(vec![
-            MemberIdentity::default()
-                .with_member_id(s(&old_id))
-                .with_group_instance_id(Some(s("pod-1"))),
-            MemberIdentity::default().with_group_instance_id(Some(s("pod-1"))),
-        ]);
-        let codes: Vec<i16> =
-            h.coord.leave_group(leave, 5).await.members.iter().map(|m| m.error_code).collect();
+        assert_eq!(
+            h.coord.heartbeat(hb, 4).error_code,
+            82,
+            "FENCED_INSTANCE_ID"
+        );
+        let leave = LeaveGroupRequest::default()
+            .with_group_id(GroupId(s(G)))
+            .with_members(vec![
+                MemberIdentity::default()
+                    .with_member_id(s(&old_id))
+                    .with_group_instance_id(Some(s("pod-1"))),
+                MemberIdentity::default().with_group_instance_id(Some(s("pod-1"))),
+            ]);
+        let codes: Vec<i16> = h
+            .coord
+            .leave_group(leave, 5)
+            .await
+            .members
+            .iter()
+            .map(|m| m.error_code)
+            .collect();
         assert_eq!(codes, vec![82, 0]);
         assert_eq!(h.coord.group_state(G), Some(GroupState::Empty));
     });
@@ -361,7 +449,10 @@ fn the_timer_driver_expires_sessions_on_real_time() {
         // group empties at generation 2.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while coord.group_state(G) != Some(GroupState::Empty) {
-            assert!(std::time::Instant::now() < give_up, "driver never expired the session");
+            assert!(
+                std::time::Instant::now() < give_up,
+                "driver never expired the session"
+            );
             glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert_eq!(heartbeat(&coord, G, &r.member_id, 1), 25);
@@ -381,11 +472,18 @@ fn the_initial_delay_extends_while_members_keep_arriving() {
         until("b awaits", move || awaiting_join(&c, G, &bb)).await;
         h.clock.advance_ms(60);
         h.coord.tick();
-        assert_eq!(h.coord.group_state(G), Some(GroupState::PreparingRebalance), "extended");
+        assert_eq!(
+            h.coord.group_state(G),
+            Some(GroupState::PreparingRebalance),
+            "extended"
+        );
         h.clock.advance_ms(40);
         h.coord.tick();
         let (ra, rb) = (ta.await, tb.await);
-        assert_eq!((ra.generation_id, rb.generation_id, ra.members.len()), (1, 1, 2));
+        assert_eq!(
+            (ra.generation_id, rb.generation_id, ra.members.len()),
+            (1, 1, 2)
+        );
     });
 }
 
@@ -398,7 +496,11 @@ fn a_static_follower_restarting_keeps_its_assignment_without_a_rebalance() {
         let tb = spawn_join(&h.coord, static_join("pod-b"));
         let c = h.coord.clone();
         until("both joined", move || {
-            c.inner.borrow().groups.get(G).is_some_and(|g| g.members.len() == 2)
+            c.inner
+                .borrow()
+                .groups
+                .get(G)
+                .is_some_and(|g| g.members.len() == 2)
         })
         .await;
         h.clock.advance_ms(100);
@@ -408,7 +510,13 @@ fn a_static_follower_restarting_keeps_its_assignment_without_a_rebalance() {
         assert_eq!((ra.leader.as_str(), ra.generation_id), (a.as_str(), 1));
         let follower = spawn_sync(&h.coord, sync_req(G, &b, 1, &[]));
         let assign = [(a.as_str(), &b"pa"[..]), (b.as_str(), &b"pb"[..])];
-        assert_eq!(h.coord.sync_group(sync_req(G, &a, 1, &assign), 5).await.error_code, 0);
+        assert_eq!(
+            h.coord
+                .sync_group(sync_req(G, &a, 1, &assign), 5)
+                .await
+                .error_code,
+            0
+        );
         assert_eq!(follower.await.assignment.as_ref(), b"pb");
         // pod-b restarts: same generation, no rebalance, its assignment is kept.
         let again = h.coord.join_group(static_join("pod-b"), 5, "c", "h").await;
@@ -421,22 +529,37 @@ fn a_static_follower_restarting_keeps_its_assignment_without_a_rebalance() {
         assert_eq!(h.coord.group_state(G), Some(GroupState::Stable));
         let r = h.coord.sync_group(sync_req(G, &b2, 1, &[]), 5).await;
         assert_eq!((r.error_code, r.assignment.as_ref()), (0, &b"pb"[..]));
-        assert_eq!(heartbeat(&h.coord, G, &a, 1), 0, "the leader saw no rebalance");
+        assert_eq!(
+            heartbeat(&h.coord, G, &a, 1),
+            0,
+            "the leader saw no rebalance"
+        );
         let hb = HeartbeatRequest::default()
             .with_group_id(GroupId(s(G)))
             .with_member_id(s(&b))
             .with_generation_id(1)
             .with_group_instance_id(Some(s("pod-b")));
-        assert_eq!(h.coord.heartbeat(hb, 4).error_code, 82, "the old id is fenced");
+        assert_eq!(
+            h.coord.heartbeat(hb, 4).error_code,
+            82,
+            "the old id is fenced"
+        );
         // The leader restarting does rebalance (it must recompute the assignment).
         let t = spawn_join(&h.coord, static_join("pod-a"));
         let c = h.coord.clone();
-        until("rebalancing", move || c.group_state(G) == Some(GroupState::PreparingRebalance))
-            .await;
-        let rb2 =
-            spawn_join(&h.coord, join_req(G, &b2, RANGE).with_group_instance_id(Some(s("pod-b"))));
+        until("rebalancing", move || {
+            c.group_state(G) == Some(GroupState::PreparingRebalance)
+        })
+        .await;
+        let rb2 = spawn_join(
+            &h.coord,
+            join_req(G, &b2, RANGE).with_group_instance_id(Some(s("pod-b"))),
+        );
         let (ra2, rb2) = (t.await, rb2.await);
         assert_eq!((ra2.generation_id, rb2.generation_id), (2, 2));
-        assert_eq!(ra2.leader, ra2.member_id, "the restarted leader still leads");
+        assert_eq!(
+            ra2.leader, ra2.member_id,
+            "the restarted leader still leads"
+        );
     });
 }

@@ -77,7 +77,11 @@ pub(super) fn config(initial_delay_ms: u64) -> GroupConfig {
 pub(super) fn harness(config: GroupConfig) -> Harness {
     let clock = Rc::new(ManualClock::new(T0));
     let log = MemLog::default();
-    let coord = Rc::new(GroupCoordinator::with_clock(config, log.clone(), clock.clone()));
+    let coord = Rc::new(GroupCoordinator::with_clock(
+        config,
+        log.clone(),
+        clock.clone(),
+    ));
     Harness { coord, clock, log }
 }
 
@@ -149,7 +153,9 @@ pub(super) async fn join_new_with(
     group: &str,
     protocols: &[(&str, &[u8])],
 ) -> (String, glommio::Task<JoinGroupResponse>) {
-    let first = c.join_group(join_req(group, "", protocols), 5, "client", "/127.0.0.1").await;
+    let first = c
+        .join_group(join_req(group, "", protocols), 5, "client", "/127.0.0.1")
+        .await;
     assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED expected");
     let id = first.member_id.to_string();
     assert!(id.starts_with("client-"), "{id}");
@@ -158,7 +164,11 @@ pub(super) async fn join_new_with(
 
 pub(super) fn awaiting_join(c: &Coord, group: &str, member: &str) -> bool {
     let inner = c.inner.borrow();
-    inner.groups.get(group).and_then(|g| g.members.get(member)).is_some_and(|m| m.join_tx.is_some())
+    inner
+        .groups
+        .get(group)
+        .and_then(|g| g.members.get(member))
+        .is_some_and(|m| m.join_tx.is_some())
 }
 
 pub(super) fn sync_req(
@@ -197,9 +207,14 @@ pub(super) fn heartbeat(c: &Coord, group: &str, member: &str, generation: i32) -
 }
 
 pub(super) async fn leave(c: &Coord, group: &str, members: &[&str]) -> Vec<i16> {
-    let req = LeaveGroupRequest::default().with_group_id(GroupId(s(group))).with_members(
-        members.iter().map(|m| MemberIdentity::default().with_member_id(s(m))).collect(),
-    );
+    let req = LeaveGroupRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_members(
+            members
+                .iter()
+                .map(|m| MemberIdentity::default().with_member_id(s(m)))
+                .collect(),
+        );
     let resp = c.leave_group(req, 5).await;
     assert_eq!(resp.error_code, 0);
     resp.members.iter().map(|m| m.error_code).collect()
@@ -217,29 +232,42 @@ pub(super) async fn stable_group(h: &Harness, group: &str, n: usize) -> Vec<Stri
         ids.push(id);
         tasks.push(task);
     }
-    h.clock.advance_ms(h.coord.config().group_initial_rebalance_delay_ms);
+    h.clock
+        .advance_ms(h.coord.config().group_initial_rebalance_delay_ms);
     h.coord.tick();
     let mut responses = Vec::new();
     for t in tasks {
         responses.push(t.await);
     }
     let generation = responses[0].generation_id;
-    assert!(responses.iter().all(|r| r.error_code == 0 && r.generation_id == generation));
+    assert!(responses
+        .iter()
+        .all(|r| r.error_code == 0 && r.generation_id == generation));
     assert_eq!(responses[0].leader.as_str(), ids[0], "first joiner leads");
-    let assignments: Vec<(String, Vec<u8>)> =
-        ids.iter().map(|id| (id.clone(), format!("assign-{id}").into_bytes())).collect();
+    let assignments: Vec<(String, Vec<u8>)> = ids
+        .iter()
+        .map(|id| (id.clone(), format!("assign-{id}").into_bytes()))
+        .collect();
     let mut syncs = Vec::new();
     for id in &ids[1..] {
         syncs.push(spawn_sync(&h.coord, sync_req(group, id, generation, &[])));
     }
-    let pairs: Vec<(&str, &[u8])> =
-        assignments.iter().map(|(m, a)| (m.as_str(), a.as_slice())).collect();
-    let leader = h.coord.sync_group(sync_req(group, &ids[0], generation, &pairs), 5).await;
+    let pairs: Vec<(&str, &[u8])> = assignments
+        .iter()
+        .map(|(m, a)| (m.as_str(), a.as_slice()))
+        .collect();
+    let leader = h
+        .coord
+        .sync_group(sync_req(group, &ids[0], generation, &pairs), 5)
+        .await;
     assert_eq!(leader.error_code, 0);
     assert_eq!(leader.assignment.as_ref(), assignments[0].1.as_slice());
     for (i, t) in syncs.into_iter().enumerate() {
         let r = t.await;
-        assert_eq!((r.error_code, r.assignment.as_ref()), (0, assignments[i + 1].1.as_slice()));
+        assert_eq!(
+            (r.error_code, r.assignment.as_ref()),
+            (0, assignments[i + 1].1.as_slice())
+        );
     }
     ids
 }

@@ -13,7 +13,8 @@ const G: &str = "wire";
 fn encodes_everywhere<M: Encodable + Message + std::fmt::Debug>(msg: &M) {
     for v in M::VERSIONS.min..=M::VERSIONS.max {
         let mut buf = bytes::BytesMut::new();
-        msg.encode(&mut buf, v).unwrap_or_else(|e| panic!("{msg:?} at v{v}: {e}"));
+        msg.encode(&mut buf, v)
+            .unwrap_or_else(|e| panic!("{msg:?} at v{v}: {e}"));
     }
 }
 
@@ -46,7 +47,15 @@ fn every_answer_encodes_at_every_version() {
                 req
             };
             let r = c.leave_group(req, v).await;
-            assert_eq!(if v >= 3 { r.members[0].error_code } else { r.error_code }, 25, "v{v}");
+            assert_eq!(
+                if v >= 3 {
+                    r.members[0].error_code
+                } else {
+                    r.error_code
+                },
+                25,
+                "v{v}"
+            );
             r.encode(&mut bytes::BytesMut::new(), v).unwrap();
         }
         encodes_everywhere(
@@ -59,9 +68,13 @@ fn every_answer_encodes_at_every_version() {
                         .with_group_id(GroupId(s(G))),
                 ])
             } else {
-                OffsetFetchRequest::default().with_group_id(GroupId(s(G))).with_topics(None)
+                OffsetFetchRequest::default()
+                    .with_group_id(GroupId(s(G)))
+                    .with_topics(None)
             };
-            c.offset_fetch(req, v).encode(&mut bytes::BytesMut::new(), v).unwrap();
+            c.offset_fetch(req, v)
+                .encode(&mut bytes::BytesMut::new(), v)
+                .unwrap();
         }
         for v in 0..=5 {
             let r = c.list_groups(ListGroupsRequest::default(), v);
@@ -71,13 +84,21 @@ fn every_answer_encodes_at_every_version() {
         for v in 0..=6 {
             let req = DescribeGroupsRequest::default()
                 .with_groups(vec![GroupId(s(G)), GroupId(s("unknown"))]);
-            c.describe_groups(req, v).encode(&mut bytes::BytesMut::new(), v).unwrap();
+            c.describe_groups(req, v)
+                .encode(&mut bytes::BytesMut::new(), v)
+                .unwrap();
         }
         for v in 0..=6 {
             let req = FindCoordinatorRequest::default()
                 .with_key(if v < 4 { s(G) } else { StrBytes::new() })
-                .with_coordinator_keys(if v >= 4 { vec![s(G), StrBytes::new()] } else { vec![] });
-            c.find_coordinator(req, v).encode(&mut bytes::BytesMut::new(), v).unwrap();
+                .with_coordinator_keys(if v >= 4 {
+                    vec![s(G), StrBytes::new()]
+                } else {
+                    vec![]
+                });
+            c.find_coordinator(req, v)
+                .encode(&mut bytes::BytesMut::new(), v)
+                .unwrap();
         }
     });
 }
@@ -86,17 +107,24 @@ fn every_answer_encodes_at_every_version() {
 fn find_coordinator_names_this_node() {
     run(|| async {
         let h = harness(config(0));
-        let r = h.coord.find_coordinator(FindCoordinatorRequest::default().with_key(s("g")), 3);
+        let r = h
+            .coord
+            .find_coordinator(FindCoordinatorRequest::default().with_key(s("g")), 3);
         assert_eq!(
             (r.error_code, r.node_id.0, r.host.as_str(), r.port),
             (0, 1, "broker.test", 9092)
         );
         let req = FindCoordinatorRequest::default().with_coordinator_keys(vec![s("a"), s("")]);
         let r = h.coord.find_coordinator(req, 4);
-        assert_eq!((r.coordinators[0].error_code, r.coordinators[0].node_id.0), (0, 1));
+        assert_eq!(
+            (r.coordinators[0].error_code, r.coordinators[0].node_id.0),
+            (0, 1)
+        );
         assert_eq!(r.coordinators[1].error_code, 42);
         let r = h.coord.find_coordinator(
-            FindCoordinatorRequest::default().with_key(s("g")).with_key_type(5),
+            FindCoordinatorRequest::default()
+                .with_key(s("g"))
+                .with_key_type(5),
             3,
         );
         assert_eq!(r.error_code, 42);
@@ -117,18 +145,28 @@ fn list_and_describe_groups() {
             .collect();
         assert_eq!(
             listed,
-            vec![("rebalancing".into(), "PreparingRebalance".into()), (G.into(), "Stable".into())]
+            vec![
+                ("rebalancing".into(), "PreparingRebalance".into()),
+                (G.into(), "Stable".into())
+            ]
         );
         let stable_only = ListGroupsRequest::default().with_states_filter(vec![s("stable")]);
         assert_eq!(h.coord.list_groups(stable_only, 4).groups.len(), 1);
         let consumer_only = ListGroupsRequest::default().with_types_filter(vec![s("consumer")]);
-        assert!(h.coord.list_groups(consumer_only, 5).groups.is_empty(), "all groups are classic");
+        assert!(
+            h.coord.list_groups(consumer_only, 5).groups.is_empty(),
+            "all groups are classic"
+        );
         let req =
             DescribeGroupsRequest::default().with_groups(vec![GroupId(s(G)), GroupId(s("nope"))]);
         let d = h.coord.describe_groups(req.clone(), 5);
         let g = &d.groups[0];
         assert_eq!(
-            (g.group_state.as_str(), g.protocol_type.as_str(), g.protocol_data.as_str()),
+            (
+                g.group_state.as_str(),
+                g.protocol_type.as_str(),
+                g.protocol_data.as_str()
+            ),
             ("Stable", "consumer", "range")
         );
         let members: Vec<_> = g.members.iter().map(|m| m.member_id.to_string()).collect();
@@ -137,7 +175,10 @@ fn list_and_describe_groups() {
             g.members[0].member_assignment.as_ref(),
             format!("assign-{}", ids[0]).as_bytes()
         );
-        assert_eq!((d.groups[1].error_code, d.groups[1].group_state.as_str()), (0, "Dead"));
+        assert_eq!(
+            (d.groups[1].error_code, d.groups[1].group_state.as_str()),
+            (0, "Dead")
+        );
         assert_eq!(h.coord.describe_groups(req, 6).groups[1].error_code, 69);
     });
 }
@@ -145,7 +186,10 @@ fn list_and_describe_groups() {
 #[test]
 fn group_core_is_fnv1a_and_spreads() {
     // FNV-1a 64 test vector: "a" hashes to 0xaf63dc4c8601ec8c.
-    assert_eq!(group_core("a", 1_000_003), (0xaf63_dc4c_8601_ec8c_u64 % 1_000_003) as usize);
+    assert_eq!(
+        group_core("a", 1_000_003),
+        (0xaf63_dc4c_8601_ec8c_u64 % 1_000_003) as usize
+    );
     assert_eq!(group_core("", 7), (0xcbf2_9ce4_8422_2325_u64 % 7) as usize);
     let mut counts = [0usize; 4];
     for i in 0..1000 {

@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# Issue 3 benchmark: produce throughput, latency, 10,000 partitions and resident memory of the
+# `ringmq` broker, driven by `ringmq-loadgen`. Not a test: it prints figures, it asserts nothing.
+#
+# Broker: 1 shard (`--cores 1`) pinned to CPU $BROKER_CPU; loadgen: 1 producer pinned to CPU
+# $LOADGEN_CPU; 1 KiB records; producers only (`--consumers 0`). Every figure is taken $REPS
+# times and reported as median [min..max], with the 1-minute load average of each run, because
+# the machine is shared and the figures are noisy. Phases: raw loopback TCP; 16 partitions (max
+# acks=1/all, then open loop at half of each max); 10,000 partitions (creation time, idle RSS,
+# max acks=1 interleaved with 16-partition runs on the same broker); the 16-partition acks=1
+# load on `--storage memory` (no disk); an fdatasync probe of the disk at start and end.
+#
+# Usage: benches/scripts/broker_produce.sh            (builds release binaries first)
+#        SKIP_BUILD=1 benches/scripts/broker_produce.sh
+# Knobs (environment): REPS (3), WARMUP (2s), DURATION (5s, closed-loop runs), LAT_DURATION
+# (10s, open-loop runs), LAT_LINGER_MS (0: linger of the open-loop runs), BROKER_CPU (0),
+# LOADGEN_CPU (1), IDLE_SECONDS (5), OUT_DIR (a fresh /tmp dir), MAX_SECONDS (900: no new run
+# starts past this; each run has its own 120 s timeout), BUILD_TIMEOUT (1500 s).
+# Needs: jq, taskset; python3 for the fdatasync probe (optional).
+# Everything it writes (loadgen --json reports, stdout, broker logs, summary.txt) is in OUT_DIR.
+set -euo pipefail
+
+REPS=${REPS:-3}
+WARMUP=${WARMUP:-2s}
+DURATION=${DURATION:-5s}
+LAT_DURATION=${LAT_DURATION:-10s}
+LAT_LINGER_MS=${LAT_LINGER_MS:-0} # open-loop runs: no deliberate client-side batching delay
+BROKER_CPU=${BROKER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+MAX_SECONDS=${MAX_SECONDS:-900}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-1500}
+RUN_TIMEOUT=120 # one loadgen run: warm-up + duration + drain is well under this
+IDLE_SECONDS=${IDLE_SECONDS:-5}  # idle time before reading VmRSS
+BIG_PARTITIONS=10000
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN="$REPO/target/release"
+OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/ringmq-bench.XXXXXX)}
+mkdir -p "$OUT_DIR"
+SUMMARY="$OUT_DIR/summary.txt"
+: >"$SUMMARY"
+
+BROKER_PID=""
+cleanup() {
+    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$OUT_DIR"/data-*
+}
+trap cleanup EXIT
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" >&2; }
+check_deadline() {
+    if ((SECONDS > MAX_SECONDS)); then
+        say "ABORTED: past MAX_SECONDS=$MAX_SECONDS (figures so far are in $OUT_DIR)"
+        exit 3
+    fi
+}
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# ---- machine ---------------------------------------------------------------------------------
+say "ringmq issue-3 produce benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+say "machine: nproc=$(nproc) kernel=$(uname -r) cpu='$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')' mem=$(awk '/MemTotal/{print $2" kB"}' /proc/meminfo)"
+say "uptime at start: $(uptime)"
+say "git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree may be dirty)"
+say "out dir: $OUT_DIR"
+
+# ---- build -----------------------------------------------------------------------------------
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    log "building release binaries (cargo build --release -p ringmq-broker -p ringmq-loadgen)"
+    (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release -p ringmq-broker -p ringmq-loadgen)
+fi
+SECONDS=0 # the benchmark's own time budget starts after the build
+[[ -x "$BIN/ringmq" && -x "$BIN/ringmq-loadgen" ]] || {
+    echo "missing $BIN/ringmq or $BIN/ringmq-loadgen" >&2
+    exit 2
+}
+say "binaries: $(ls -l --time-style=+%H:%M "$BIN/ringmq" "$BIN/ringmq-loadgen" | awk '{print $7, $6}' | tr '\n' ' ')"
+
+# ---- helpers ---------------------------------------------------------------------------------
+PORT=""
+STORAGE_ARGS=()
+start_broker() { # $1 = name
+    local dir="$OUT_DIR/data-$1" logf="$OUT_DIR/broker-$1.log"
+    rm -rf "$dir"
+    taskset -c "$BROKER_CPU" "$BIN/ringmq" --cores 1 --listen 127.0.0.1:0 --data-dir "$dir" \
+        "${STORAGE_ARGS[@]}" >"$logf" 2>&1 &
+    BROKER_PID=$!
+    PORT=""
+    for _ in $(seq 1 300); do # up to 30 s
+        PORT=$(grep -o 'listening on [0-9.]*:[0-9]*' "$logf" | head -1 | awk -F: '{print $NF}' || true)
+        [[ -n "$PORT" ]] && break
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -z "$PORT" ]]; then
+        echo "broker did not start; log:" >&2
+        cat "$logf" >&2
+        exit 2
+    fi
+    log "broker $1 pid $BROKER_PID on port $PORT"
+}
+stop_broker() {
+    kill "$BROKER_PID" 2>/dev/null || true
+    timeout 30 tail --pid="$BROKER_PID" -f /dev/null || kill -9 "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+}
+rss_kib() { awk '/^VmRSS/{print $2}' "/proc/$BROKER_PID/status"; }
+# Broker CPU time (ns, utime+stime of /proc/<pid>/stat, which counts exited threads too) and
+# run-queue wait (ns) of its executor thread(s) (`ringmq-core-*`, from /proc/<pid>/task/*/schedstat):
+# time the broker was ready to run but another process had its core.
+sched_ns() {
+    local tck
+    tck=$(getconf CLK_TCK)
+    local cpu
+    cpu=$(awk -v t="$tck" '{printf "%.0f", ($14 + $15) * 1e9 / t}' "/proc/$BROKER_PID/stat")
+    local w=0 t
+    for t in /proc/"$BROKER_PID"/task/*; do
+        if [[ "$(cat "$t/comm" 2>/dev/null)" == ringmq-core* ]]; then
+            w=$(awk -v w="$w" '{printf "%.0f", w + $2}' "$t/schedstat" 2>/dev/null || echo "$w")
+        fi
+    done
+    echo "$cpu $w"
+}
+# fdatasync latency of 4 KiB writes in the data directory's file system, right now: the disk is
+# shared too, and acks=all latency cannot beat it.
+fsync_probe() {
+    python3 - "$OUT_DIR/fsync-probe.dat" <<'PY' 2>/dev/null || echo "fsync probe: python3 unavailable"
+import os, sys, time
+path = sys.argv[1]
+fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+lat = []
+for i in range(200):
+    os.pwrite(fd, b"x" * 4096, (i % 64) * 4096)
+    t = time.perf_counter()
+    os.fdatasync(fd)
+    lat.append((time.perf_counter() - t) * 1e6)
+os.close(fd)
+os.unlink(path)
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
+print(f"fdatasync 4 KiB x200: p50 {q(.5):.0f} us, p99 {q(.99):.0f} us, max {lat[-1]:.0f} us")
+PY
+}
+
+# create_topic NAME PARTITIONS: CreateTopics through loadgen (no records sent).
+create_topic() {
+    timeout "$RUN_TIMEOUT" "$BIN/ringmq-loadgen" --bootstrap "127.0.0.1:$PORT" --create-topic \
+        --topic "$1" --partitions "$2" --producers 0 --consumers 0 --quiet \
+        >"$OUT_DIR/create-$1-$2.txt" 2>&1
+}
+# lg NAME ARGS...: one loadgen run against the current broker, producers only, pinned.
+# Writes NAME.json, NAME.txt and NAME.meta (load average, broker CPU and run-queue wait).
+lg() {
+    local name=$1
+    shift
+    check_deadline
+    local l0 s0 s1 t0 t1
+    l0=$(load1)
+    read -r -a s0 < <(sched_ns)
+    t0=$(date +%s%N)
+    local rc=0
+    timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CPU" "$BIN/ringmq-loadgen" \
+        --bootstrap "127.0.0.1:$PORT" --cores "$LOADGEN_CPU" --producers 1 --consumers 0 \
+        --record-size 1024 --warmup "$WARMUP" --quiet --json "$OUT_DIR/$name.json" "$@" \
+        >"$OUT_DIR/$name.txt" 2>&1 || rc=$?
+    t1=$(date +%s%N)
+    read -r -a s1 < <(sched_ns)
+    echo "load1=$l0 rc=$rc wall_ms=$(((t1 - t0) / 1000000)) broker_cpu_ms=$(((s1[0] - s0[0]) / 1000000)) broker_runq_wait_ms=$(((s1[1] - s0[1]) / 1000000))" \
+        >"$OUT_DIR/$name.meta"
+    log "$name: $(jq -r '.results.produce | "\(.mb_per_s) MB/s \(.records_per_s) rec/s p99 \(.latency.p99_us)us"' "$OUT_DIR/$name.json" 2>/dev/null || echo 'no report') ($(cat "$OUT_DIR/$name.meta"))"
+    if ((rc != 0)); then
+        say "WARNING: $name exited $rc (see $OUT_DIR/$name.txt)"
+    fi
+}
+
+# Statistics over the JSON reports NAME_1..NAME_REPS: "median [min..max]".
+stat() { # $1 = name prefix, $2 = jq path
+    local vals
+    vals=$(for i in $(seq 1 "$REPS"); do jq -r "$2 // empty" "$OUT_DIR/${1}_$i.json" 2>/dev/null; done)
+    if [[ -z "$vals" ]]; then
+        echo "n/a"
+        return
+    fi
+    echo "$vals" | sort -g | awk '{v[NR]=$1} END {m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%.1f [%.1f..%.1f]", m, v[1], v[NR]}'
+}
+median() { stat "$1" "$2" | cut -d' ' -f1; }
+loads() { for i in $(seq 1 "$REPS"); do grep -o 'load1=[0-9.]*' "$OUT_DIR/${1}_$i.meta" | cut -d= -f2; done | tr '\n' ' '; }
+cpus() { for i in $(seq 1 "$REPS"); do sed -E 's/.*broker_cpu_ms=([0-9-]+) broker_runq_wait_ms=([0-9-]+).*/\1\/\2/' "$OUT_DIR/${1}_$i.meta"; done | tr '\n' ' '; }
+
+FSYNC_START=$(fsync_probe)
+# ---- 1. loopback baseline --------------------------------------------------------------------
+for i in $(seq 1 "$REPS"); do
+    check_deadline
+    l=$(load1)
+    timeout 60 "$BIN/ringmq-loadgen" --raw --cores "$BROKER_CPU,$LOADGEN_CPU" --warmup 1s \
+        --duration 3s --json "$OUT_DIR/raw_$i.json" >"$OUT_DIR/raw_$i.txt" 2>&1 || true
+    echo "load1=$l rc=0 wall_ms=0 broker_cpu_ms=0 broker_runq_wait_ms=0" >"$OUT_DIR/raw_$i.meta"
+    log "raw $i: $(jq -r '.raw.mb_per_s' "$OUT_DIR/raw_$i.json" 2>/dev/null) MB/s"
+done
+
+# ---- 2. 16 partitions: max throughput, acks=1 and acks=all (interleaved) ---------------------
+start_broker p16
+create_topic t16 16
+sleep "$IDLE_SECONDS"
+RSS16_IDLE=$(rss_kib)
+for i in $(seq 1 "$REPS"); do
+    lg max16_acks1_$i --topic t16 --rate max --acks 1 --duration "$DURATION"
+    lg max16_acksall_$i --topic t16 --rate max --acks all --duration "$DURATION"
+done
+
+# ---- 3. latency at half the max rate (each acks level at half its own max), open loop --------
+MAX1=$(median max16_acks1 '.results.produce.records_per_s')
+MAXALL=$(median max16_acksall '.results.produce.records_per_s')
+HALF1=$(awk -v m="$MAX1" 'BEGIN {printf "%d", m / 2}')
+HALFALL=$(awk -v m="$MAXALL" 'BEGIN {printf "%d", m / 2}')
+for i in $(seq 1 "$REPS"); do
+    lg lat16_acksall_$i --topic t16 --rate "$HALFALL" --acks all --duration "$LAT_DURATION" --linger-ms "$LAT_LINGER_MS"
+    lg lat16_acks1_$i --topic t16 --rate "$HALF1" --acks 1 --duration "$LAT_DURATION" --linger-ms "$LAT_LINGER_MS"
+done
+sleep "$IDLE_SECONDS"
+RSS16_LOADED=$(rss_kib)
+stop_broker
+
+# ---- 4/5. 10,000 partitions: creation time, idle RSS, max throughput acks=1 -------------------
+start_broker p10k
+RSS10K_EMPTY=$(rss_kib)
+t0=$(date +%s%N)
+create_topic t10k "$BIG_PARTITIONS"
+CREATE10K_MS=$((($(date +%s%N) - t0) / 1000000))
+sleep "$IDLE_SECONDS"
+RSS10K_IDLE=$(rss_kib)
+# Interleave the 16-partition control on the same broker so the ratio shares the machine's mood.
+create_topic t16 16
+for i in $(seq 1 "$REPS"); do
+    lg max10k_acks1_$i --topic t10k --rate max --acks 1 --duration "$DURATION"
+    lg max16b_acks1_$i --topic t16 --rate max --acks 1 --duration "$DURATION"
+done
+sleep "$IDLE_SECONDS"
+RSS10K_TOUCHED=$(rss_kib)
+stop_broker
+
+# ---- the same 16-partition load on `--storage memory` (no disk: network + protocol + broker) ---
+STORAGE_ARGS=(--storage memory)
+start_broker mem
+STORAGE_ARGS=()
+create_topic t16 16
+for i in $(seq 1 "$REPS"); do
+    lg memmax16_acks1_$i --topic t16 --rate max --acks 1 --duration "$DURATION"
+    lg memlat16_acks1_$i --topic t16 --rate "$HALF1" --acks 1 --duration "$DURATION" --linger-ms "$LAT_LINGER_MS"
+done
+stop_broker
+FSYNC_END=$(fsync_probe)
+
+# ---- summary ---------------------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+M10K=$(median max10k_acks1 '.results.produce.mb_per_s')
+M16=$(median max16_acks1 '.results.produce.mb_per_s')
+M16B=$(median max16b_acks1 '.results.produce.mb_per_s')
+RAWM=$(median raw '.raw.mb_per_s')
+P99ALL=$(median lat16_acksall '.results.produce.latency.p99_us')
+P='.results.produce'
+say ""
+say "figures: median [min..max] over $REPS runs; load1 = 1-minute load average at each run's start;"
+say "cpu/wait = broker CPU ms / broker run-queue wait ms during each run (schedstat). NOISY: shared machine."
+say ""
+printf '%-34s %-28s %-22s %s\n' "measurement" "MB/s" "records/s" "load1 | broker cpu/wait ms" | tee -a "$SUMMARY"
+row() { printf '%-34s %-28s %-22s %s| %s\n' "$1" "$(stat "$2" "$3.mb_per_s")" "$(stat "$2" "$3.records_per_s")" "$(loads "$2")" "$(cpus "$2")" | tee -a "$SUMMARY"; }
+printf '%-34s %-28s %-22s %s\n' "raw loopback TCP" "$(stat raw '.raw.mb_per_s')" "-" "$(loads raw)" | tee -a "$SUMMARY"
+row "max 16p acks=1" max16_acks1 "$P"
+row "max 16p acks=all" max16_acksall "$P"
+row "max 10000p acks=1" max10k_acks1 "$P"
+row "max 16p acks=1 (beside 10000p)" max16b_acks1 "$P"
+row "max 16p acks=1, --storage memory" memmax16_acks1 "$P"
+say ""
+printf '%-34s %-18s %-24s %-24s %-24s %s\n' "latency (open loop)" "rate rec/s" "p50 us" "p99 us" "p99.9 us" "load1 | broker cpu/wait ms" | tee -a "$SUMMARY"
+lrow() { printf '%-34s %-18s %-24s %-24s %-24s %s| %s\n' "$1" "$2" "$(stat "$3" "$P.latency.p50_us")" "$(stat "$3" "$P.latency.p99_us")" "$(stat "$3" "$P.latency.p999_us")" "$(loads "$3")" "$(cpus "$3")" | tee -a "$SUMMARY"; }
+lrow "16p acks=all at half max" "$HALFALL" lat16_acksall
+lrow "16p acks=1 at half max" "$HALF1" lat16_acks1
+lrow "16p acks=1, --storage memory" "$HALF1" memlat16_acks1
+say ""
+say "broker CPU per acknowledged record (whole run, us/record; median [min..max]):"
+cpurec() { for i in $(seq 1 "$REPS"); do
+    c=$(sed -E 's/.*broker_cpu_ms=([0-9-]+).*/\1/' "$OUT_DIR/${1}_$i.meta")
+    n=$(jq -r '.results.counts.acknowledged' "$OUT_DIR/${1}_$i.json" 2>/dev/null || echo 0)
+    awk -v c="$c" -v n="$n" 'BEGIN {if (n > 0) printf "%.2f\n", 1000 * c / n}'
+done | sort -g | awk '{v[NR]=$1} END {if (NR) printf "%.2f [%.2f..%.2f]", v[int((NR+1)/2)], v[1], v[NR]; else printf "n/a"}'; }
+for n in max16_acks1 max16_acksall max10k_acks1 max16b_acks1 memmax16_acks1; do
+    printf '  %-18s %s\n' "$n" "$(cpurec "$n")" | tee -a "$SUMMARY"
+done
+say ""
+say "16p acks=1 max as % of raw loopback: $(awk -v a="$M16" -v b="$RAWM" 'BEGIN {printf "%.0f%%", 100 * a / b}')"
+say "10000 partitions created in ${CREATE10K_MS} ms (loadgen CreateTopics round trip incl. process start)"
+say ""
+say "targets:"
+say "  acks=all p99 at half max <= 1000 us : median ${P99ALL} us -> $(awk -v p="$P99ALL" 'BEGIN {print (p <= 1000) ? "MET" : "MISSED"}')"
+R1=$(ratio "$M10K" "$M16")
+R2=$(ratio "$M10K" "$M16B")
+say "  10000p / 16p max acks=1 >= 0.90    : $R1 (vs phase-2 16p) / $R2 (vs 16p on the same broker) -> $(awk -v r="$R2" 'BEGIN {print (r >= 0.9) ? "MET" : "MISSED"}')"
+PAIRS=$(for i in $(seq 1 "$REPS"); do
+    a=$(jq -r "$P.mb_per_s // 0" "$OUT_DIR/max10k_acks1_$i.json" 2>/dev/null || echo 0)
+    b=$(jq -r "$P.mb_per_s // 0" "$OUT_DIR/max16b_acks1_$i.json" 2>/dev/null || echo 0)
+    ratio "$a" "$b"
+    echo
+done | sort -g | tr '\n' ' ')
+say "    per-pair ratios (10000p run i / the 16p run right after it), sorted: $PAIRS"
+say "  RSS, 10000 idle partitions < 100 MiB: $(mib "$RSS10K_IDLE") MiB -> $(awk -v k="$RSS10K_IDLE" 'BEGIN {print (k < 102400) ? "MET" : "MISSED"}')"
+say ""
+say "RSS (VmRSS after ${IDLE_SECONDS}s idle): 16p idle $(mib "$RSS16_IDLE") MiB; 16p after the runs $(mib "$RSS16_LOADED") MiB;"
+say "  fresh broker $(mib "$RSS10K_EMPTY") MiB; 10000p idle $(mib "$RSS10K_IDLE") MiB; 10000p after every partition was written $(mib "$RSS10K_TOUCHED") MiB"
+say "disk, start: $FSYNC_START"
+say "disk, end:   $FSYNC_END"
+say "uptime at end: $(uptime)"
+say "benchmark time: ${SECONDS}s (after the build); reports in $OUT_DIR"
