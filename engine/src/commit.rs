@@ -252,6 +252,7 @@ impl GroupCommit {
     }
 
     fn begin_write(&self, data_end: u64, partial: bool) -> u64 {
+        if self.inflight.borrow().is_empty() { crate::exp::with(|s| if let Some(t) = s.idle_since.take() { s.idle_us += t.elapsed().as_micros() as u64; }); } // EXP
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         self.inflight.borrow_mut().push_back(Flight {
@@ -285,6 +286,7 @@ impl GroupCommit {
                 }
             }
         }
+        if self.inflight.borrow().is_empty() { crate::exp::with(|s| s.idle_since = Some(std::time::Instant::now())); } // EXP
         wake_upto(&self.written_waiters, self.written.get());
         self.progress.notify();
         self.kick.notify();
@@ -355,6 +357,7 @@ impl Inner {
     }
 
     fn issue(self: &Rc<Self>, w: PendingWrite) {
+        crate::exp::with(|s| { s.writes += 1; s.partial += w.partial as u64; s.write_bytes += w.buf.len() as u64; if w.buf.len() == 1 << 20 { s.full_chunks += 1 } else if w.buf.len() < 256 << 10 { s.small_writes += 1 } }); // EXP
         let partial = w.partial;
         let id = self.gc.begin_write(w.data_end, partial);
         if w.buf.is_empty() {
@@ -402,6 +405,7 @@ impl Inner {
         };
         let weak: Weak<Inner> = Rc::downgrade(self);
         glommio::spawn_local(async move {
+            let t0 = std::time::Instant::now(); // EXP
             let mut r = Ok(());
             for s in &segs {
                 if let Err(e) = s.file.fdatasync().await {
@@ -409,6 +413,7 @@ impl Inner {
                     break;
                 }
             }
+            crate::exp::with(|s| { s.syncs += 1; s.sync_us += t0.elapsed().as_micros() as u64; }); // EXP
             if let Some(inner) = weak.upgrade() {
                 inner.gc.on_sync_done(target, r);
             }

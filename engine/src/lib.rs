@@ -189,4 +189,8 @@ pub mod exp {
     pub fn inflight() -> usize { V.with(|v| v.1) }
     pub fn busy() -> usize { V.with(|v| v.2) }
     pub fn mincut() -> u64 { V.with(|v| v.3) }
+    thread_local!(pub static STATS: std::cell::RefCell<Stats> = Default::default());
+    #[derive(Default, Debug)]
+    pub struct Stats { pub writes: u64, pub partial: u64, pub write_bytes: u64, pub zero_writes: u64, pub rolls: u64, pub roll_us: u64, pub idle_us: u64, pub idle_since: Option<std::time::Instant>, pub syncs: u64, pub sync_us: u64, pub full_chunks: u64, pub small_writes: u64 }
+    pub fn with<R>(f: impl FnOnce(&mut Stats) -> R) -> R { STATS.with(|s| f(&mut s.borrow_mut())) }
 }

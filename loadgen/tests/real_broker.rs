@@ -1,10 +1,8 @@
 //! The load generator against the REAL `ringmq` binary: records sent = acknowledged =
 //! consumed. Builds the broker first (`cargo build -p ringmq-broker --bin ringmq`).
 //!
-//! While the broker is unfinished the test skips, saying why, when the binary cannot be built
-//! or never prints its listening line; set `RINGMQ_REQUIRE_BROKER=1` to make that a failure.
-//! The same workload always runs against the in-test fake broker too, so this file keeps
-//! checking the load generator's side.
+//! A broker that cannot be built or never prints its listening line fails the test. The same
+//! workload also runs against the in-test fake broker, so a failure says which side broke.
 
 mod support;
 
@@ -61,13 +59,6 @@ fn build_broker() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{} not found after building", bin.display()))
 }
 
-fn skip_or_fail(why: &str) {
-    if std::env::var_os("RINGMQ_REQUIRE_BROKER").is_some() {
-        panic!("real broker required: {why}");
-    }
-    eprintln!("SKIPPED the real-broker half of this test: {why}");
-}
-
 #[test]
 fn counts_add_up_against_the_real_broker() {
     // The fake broker half: always runs.
@@ -80,14 +71,10 @@ fn counts_add_up_against_the_real_broker() {
     assert_eq!(fake.records("loadgen-it"), sent);
 
     // The real broker half, through --embedded (which also tests starting and stopping it).
-    let bin = match build_broker() {
-        Ok(bin) => bin,
-        Err(why) => return skip_or_fail(&why),
-    };
-    match EmbeddedBroker::start(Some(&bin), 1) {
-        Ok(probe) => drop(probe),
-        Err(e) => return skip_or_fail(&format!("the broker does not serve yet: {e:#}")),
-    }
+    let bin = build_broker().unwrap_or_else(|why| panic!("cannot build the broker: {why}"));
+    let probe = EmbeddedBroker::start(Some(&bin), 1)
+        .unwrap_or_else(|e| panic!("the broker does not serve: {e:#}"));
+    drop(probe);
     let bin_s = bin.to_str().unwrap().to_owned();
     // The broker pins itself to core 0; loadgen takes core 1 where there is one.
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());

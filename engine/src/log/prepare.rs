@@ -59,6 +59,12 @@ pub(crate) struct PreparedSegment {
 impl Inner {
     /// Ends the active segment and starts the next. Called with the append lock held.
     pub(crate) async fn roll(self: &Rc<Self>) -> Result<(), EngineError> {
+        let t0 = std::time::Instant::now(); // EXP
+        let r = self.roll2().await; // EXP
+        crate::exp::with(|s| { s.rolls += 1; s.roll_us += t0.elapsed().as_micros() as u64; }); // EXP
+        r // EXP
+    } // EXP
+    async fn roll2(self: &Rc<Self>) -> Result<(), EngineError> { // EXP
         let start = {
             let mut st = self.state.borrow_mut();
             st.appender.seal_segment(&*self.io, self.epoch, now_ms());
@@ -276,6 +282,7 @@ async fn zero_fill_when_idle(
             }
         };
         p.io_inflight.set(true);
+        crate::exp::with(|s| s.zero_writes += 1); // EXP
         let r = p.seg.file.write_at(b, pos).await;
         p.io_inflight.set(false);
         p.io_done.notify();
