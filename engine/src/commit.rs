@@ -121,6 +121,35 @@ impl Future for Listen<'_> {
     }
 }
 
+/// A directory sync that makes a new segment's name durable, run in the background by the
+/// roll so that appends into the new segment need not wait for a device flush.
+///
+/// Durability contract: an fdatasync of a segment whose directory entry is not durable yet
+/// proves nothing (after a power failure the file may be gone), so `start_sync` waits for the
+/// latest `DirSync` before it syncs, and a failed one poisons the shard.
+#[derive(Default)]
+pub(crate) struct DirSync {
+    result: RefCell<Option<WaitResult>>,
+    done: Event,
+}
+
+impl DirSync {
+    pub fn complete(&self, r: WaitResult) {
+        *self.result.borrow_mut() = Some(r);
+        self.done.notify();
+    }
+
+    pub async fn wait(&self) -> WaitResult {
+        loop {
+            let listen = self.done.listen();
+            if let Some(r) = self.result.borrow().clone() {
+                return r;
+            }
+            listen.await;
+        }
+    }
+}
+
 struct Flight {
     id: u64,
     data_end: u64,
@@ -146,6 +175,9 @@ pub(crate) struct GroupCommit {
     sync_wanted: Cell<u64>,
     written_waiters: RefCell<VecDeque<(u64, Rc<OneShot>)>>,
     durable_waiters: RefCell<VecDeque<(u64, Rc<OneShot>)>>,
+    /// The directory sync of the newest segment (see [`DirSync`]); a later directory sync
+    /// also covers every earlier rename, so only the newest is waited for.
+    pub dir_sync: RefCell<Option<Rc<DirSync>>>,
     /// Wakes the committer task.
     pub kick: Rc<Event>,
     /// Notified whenever positions advance or the shard is poisoned.
@@ -166,6 +198,7 @@ impl GroupCommit {
             sync_wanted: Cell::new(pos),
             written_waiters: RefCell::new(VecDeque::new()),
             durable_waiters: RefCell::new(VecDeque::new()),
+            dir_sync: RefCell::new(None),
             kick: Rc::new(Event::default()),
             progress: Event::default(),
         }
@@ -235,7 +268,7 @@ impl GroupCommit {
     fn may_issue(&self) -> bool {
         self.poisoned.borrow().is_none()
             && !self.partial_inflight.get()
-            && self.inflight.borrow().len() < crate::exp::inflight()
+            && self.inflight.borrow().len() < MAX_WRITES_IN_FLIGHT
     }
 
     fn idle(&self) -> bool {
@@ -248,11 +281,10 @@ impl GroupCommit {
     }
 
     fn busy(&self) -> bool {
-        self.inflight.borrow().len() >= crate::exp::busy()
+        self.inflight.borrow().len() >= BUSY_WRITES
     }
 
     fn begin_write(&self, data_end: u64, partial: bool) -> u64 {
-        if self.inflight.borrow().is_empty() { crate::exp::with(|s| if let Some(t) = s.idle_since.take() { s.idle_us += t.elapsed().as_micros() as u64; }); } // EXP
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         self.inflight.borrow_mut().push_back(Flight {
@@ -286,7 +318,6 @@ impl GroupCommit {
                 }
             }
         }
-        if self.inflight.borrow().is_empty() { crate::exp::with(|s| s.idle_since = Some(std::time::Instant::now())); } // EXP
         wake_upto(&self.written_waiters, self.written.get());
         self.progress.notify();
         self.kick.notify();
@@ -342,7 +373,7 @@ impl Inner {
                 match st.appender.take_sealed() {
                     Some(w) => Some(w),
                     None if idle => st.appender.cut(&*self.io, true, 0),
-                    None if busy => st.appender.cut(&*self.io, false, crate::exp::mincut()),
+                    None if busy => st.appender.cut(&*self.io, false, MIN_CUT_BYTES_WHEN_BUSY),
                     None => st.appender.cut(&*self.io, false, 0),
                 }
             };
@@ -357,7 +388,6 @@ impl Inner {
     }
 
     fn issue(self: &Rc<Self>, w: PendingWrite) {
-        crate::exp::with(|s| { s.writes += 1; s.partial += w.partial as u64; s.write_bytes += w.buf.len() as u64; if w.buf.len() == 1 << 20 { s.full_chunks += 1 } else if w.buf.len() < 256 << 10 { s.small_writes += 1 } }); // EXP
         let partial = w.partial;
         let id = self.gc.begin_write(w.data_end, partial);
         if w.buf.is_empty() {
@@ -403,17 +433,22 @@ impl Inner {
                 .cloned()
                 .collect()
         };
+        // Taken now: the roll registers a segment's directory sync before that segment takes
+        // any data, so the newest one registered covers every segment holding bytes below
+        // `target`.
+        let dir_sync = self.gc.dir_sync.borrow().clone();
         let weak: Weak<Inner> = Rc::downgrade(self);
         glommio::spawn_local(async move {
-            let t0 = std::time::Instant::now(); // EXP
-            let mut r = Ok(());
-            for s in &segs {
+            let mut r = match &dir_sync {
+                Some(d) => d.wait().await,
+                None => Ok(()),
+            };
+            for s in segs.iter().filter(|_| r.is_ok()) {
                 if let Err(e) = s.file.fdatasync().await {
                     r = Err(format!("fdatasync of {} failed: {e}", s.path.display()));
                     break;
                 }
             }
-            crate::exp::with(|s| { s.syncs += 1; s.sync_us += t0.elapsed().as_micros() as u64; }); // EXP
             if let Some(inner) = weak.upgrade() {
                 inner.gc.on_sync_done(target, r);
             }

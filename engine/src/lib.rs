@@ -179,18 +179,3 @@ mod tests {
         assert_eq!(n % 4096, 0);
     }
 }
-#[doc(hidden)]
-pub mod exp {
-    fn get(name: &str, d: u64) -> u64 {
-        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
-    }
-    thread_local!(static V: (u64, usize, usize, u64) = (get("EXP_CHUNK", 1 << 20), get("EXP_INFLIGHT", 8) as usize, get("EXP_BUSY", 4) as usize, get("EXP_MINCUT", 256 << 10)));
-    pub fn chunk() -> u64 { V.with(|v| v.0) }
-    pub fn inflight() -> usize { V.with(|v| v.1) }
-    pub fn busy() -> usize { V.with(|v| v.2) }
-    pub fn mincut() -> u64 { V.with(|v| v.3) }
-    thread_local!(pub static STATS: std::cell::RefCell<Stats> = Default::default());
-    #[derive(Default, Debug)]
-    pub struct Stats { pub writes: u64, pub partial: u64, pub write_bytes: u64, pub zero_writes: u64, pub rolls: u64, pub roll_us: u64, pub idle_us: u64, pub idle_since: Option<std::time::Instant>, pub syncs: u64, pub sync_us: u64, pub full_chunks: u64, pub small_writes: u64 }
-    pub fn with<R>(f: impl FnOnce(&mut Stats) -> R) -> R { STATS.with(|s| f(&mut s.borrow_mut())) }
-}

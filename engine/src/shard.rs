@@ -379,7 +379,6 @@ impl Shard {
             return Ok(());
         }
         let pos = inner.state.borrow().appender.next_pos();
-        crate::exp::with(|s| { if let Some(t) = s.idle_since.take() { s.idle_us += t.elapsed().as_micros() as u64; } eprintln!("EXP {:?}", s); *s = Default::default(); }); // EXP
         inner.flush_to(pos).await?;
         inner.checkpoint().await?;
         inner.stop();

@@ -251,8 +251,11 @@ struct Model {
     queues: BTreeMap<u32, ModelQueue>,
     next_seq: u64,
     retention_on: bool,
-    /// Global sequence number of the newest batch appended (never removed by retention).
-    newest_seq: Option<u64>,
+    /// Global sequence numbers of the batches that may be the last one in log order: that one
+    /// sits in the active segment, which retention never removes. One batch after a single
+    /// append; all of them after concurrent appends, whose log order the model cannot know.
+    /// Empty when unknown (after a crash or a delete).
+    newest_seqs: Vec<u64>,
 }
 
 impl Model {
@@ -263,7 +266,7 @@ impl Model {
     fn push(&mut self, q: u32, base: u64, sent: Bytes, durable: bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.newest_seq = Some(seq);
+        self.newest_seqs = vec![seq];
         let records = record_count(&sent);
         self.queue(q).batches.push(ModelBatch {
             base,
@@ -378,7 +381,7 @@ async fn check_recovered(shard: &Shard, model: &mut Model, may_lose_unsynced: bo
         check_contents(shard, mq, q, log_start, end).await?;
     }
     // The newest batch may have been lost, and a reopen may start a new segment.
-    model.newest_seq = None;
+    model.newest_seqs.clear();
     let listed = shard.queues();
     for (&q, mq) in &model.queues {
         if mq.end() > 0 && mq.end() > mq.log_start {
@@ -403,7 +406,7 @@ async fn check_recovered(shard: &Shard, model: &mut Model, may_lose_unsynced: bo
 /// model follows the engine's log start (background retention may move it at any time).
 fn check_offsets(shard: &Shard, model: &mut Model) -> Check {
     let retention_on = model.retention_on;
-    let newest_seq = model.newest_seq;
+    let newest_seqs = std::mem::take(&mut model.newest_seqs);
     for (&q, mq) in model.queues.iter_mut() {
         let end = shard.end_offset(QueueId(q)).0;
         if mq.deleted {
@@ -435,17 +438,18 @@ fn check_offsets(shard: &Shard, model: &mut Model) -> Check {
         mq.batches.retain(|b| b.base >= log_start);
         mq.log_start = log_start;
     }
-    if let Some(seq) = newest_seq {
+    if !newest_seqs.is_empty() {
         let held = model
             .queues
             .values()
             .flat_map(|mq| &mq.batches)
-            .any(|b| b.seq == seq);
+            .any(|b| newest_seqs.contains(&b.seq));
         ensure!(
             held,
-            "retention removed the newest batch (seq {seq}), which is in the active segment"
+            "retention removed the newest batch (one of seqs {newest_seqs:?}), which is in the active segment"
         );
     }
+    model.newest_seqs = newest_seqs;
     check_producers(shard, model)
 }
 
@@ -607,14 +611,20 @@ impl Harness {
             landed.push((q, a.base_offset.0, i));
         }
         landed.sort();
+        let mut seqs = Vec::with_capacity(landed.len());
         for (q, base, i) in landed {
             let expected = self.model.queue(q).end();
             ensure!(
                 base == expected,
                 "q{q}: concurrent appends left a gap or overlap at {expected} (got {base})"
             );
+            seqs.push(self.model.next_seq);
             self.model
                 .push(q, base, batches[i].clone(), specs[i].durable);
+        }
+        // Sorted by queue, not by log position: any of them may be the last in the log.
+        if !seqs.is_empty() {
+            self.model.newest_seqs = seqs;
         }
         Ok(())
     }
@@ -833,7 +843,7 @@ impl Harness {
         let newest_here = mq
             .batches
             .iter()
-            .any(|b| Some(b.seq) == self.model.newest_seq);
+            .any(|b| self.model.newest_seqs.contains(&b.seq));
         self.shard
             .delete_queue(QueueId(q))
             .await
@@ -843,7 +853,7 @@ impl Harness {
         mq.batches.clear();
         mq.log_start = 0;
         if newest_here {
-            self.model.newest_seq = None;
+            self.model.newest_seqs.clear();
         }
         ensure!(
             !self.shard.queues().contains(&QueueId(q)),
@@ -1067,7 +1077,7 @@ async fn check_recovered_in_flight(
         mq.batches = kept;
         mq.log_start = log_start;
     }
-    model.newest_seq = None;
+    model.newest_seqs.clear();
     Ok(())
 }
 

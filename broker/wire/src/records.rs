@@ -87,16 +87,25 @@ pub fn records(batch: &[u8]) -> Result<Records<'_>, RecordError> {
     if compression != Compression::None {
         return Err(RecordError::Compressed(compression));
     }
-    Ok(Records {
+    Ok(records_in_body(
+        &batch[HEADER_LEN..header.total_len()],
+        header.record_count,
+    ))
+}
+
+/// Reads `record_count` records from a batch body: the bytes after the 61-byte header, or
+/// what a compressed batch's body decompresses to.
+pub fn records_in_body(body: &[u8], record_count: i32) -> Records<'_> {
+    Records {
         cursor: Cursor {
-            buf: &batch[HEADER_LEN..header.total_len()],
+            buf: body,
             pos: 0,
             index: 0,
         },
-        announced: header.record_count,
+        announced: record_count,
         read: 0,
         done: false,
-    })
+    }
 }
 
 /// Iterator returned by [`records`]. After the first error it ends.

@@ -331,7 +331,9 @@ mod tests {
             *d = state as u8;
         }
         let base = 42u64.to_be_bytes();
-        for len in [21usize, 22, 29, 61, 64, 100, 4096, 4117, 16_384, 65_557, 262_165, 300_000] {
+        for len in [
+            21usize, 22, 29, 61, 64, 100, 4096, 4117, 16_384, 65_557, 262_165, 300_000,
+        ] {
             for trailing in [0usize, 1, 7] {
                 let batch = &data[..len];
                 let covered_end = len - trailing.min(len - 21);

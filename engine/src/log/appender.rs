@@ -208,7 +208,7 @@ impl Appender {
 
     /// Takes back the buffer of a completed write for reuse, if it is a whole chunk.
     pub fn recycle(&mut self, buf: IoBuf) {
-        if buf.len() as u64 == crate::exp::chunk() && self.free.len() < MAX_FREE_CHUNKS {
+        if buf.len() as u64 == WRITE_CHUNK_BYTES && self.free.len() < MAX_FREE_CHUNKS {
             self.free.push(buf);
         }
     }
@@ -282,7 +282,7 @@ impl Appender {
 
     fn new_chunk(&mut self, io: &dyn Storage, seg: &Segment, pos: u64) -> IoBuf {
         let len = chunk_len(seg, pos);
-        if len as u64 == crate::exp::chunk() {
+        if len as u64 == WRITE_CHUNK_BYTES {
             if let Some(b) = self.free.pop() {
                 self.reused_chunks += 1;
                 return b;
@@ -294,7 +294,7 @@ impl Appender {
 
 /// Length of a staging chunk starting at `pos`: a chunk, or less at the segment end.
 fn chunk_len(seg: &Segment, pos: u64) -> usize {
-    crate::exp::chunk().min(seg.end() - pos) as usize
+    WRITE_CHUNK_BYTES.min(seg.end() - pos) as usize
 }
 
 #[cfg(test)]

@@ -9,11 +9,13 @@
 //! Why zero-fill, and only when idle: on ext4, O_DIRECT writes into fallocated (unwritten)
 //! extents take the inode lock exclusively and convert extents at completion; overwrites of
 //! written blocks do neither (measured 1.3-2x faster here). But zeroing writes every byte of
-//! the segment once more: under a load that keeps the disk busy it halved append throughput
-//! (measured 2026-11-21, 256 KiB batches: 0.52-0.60 of the raw loop with pacing against the
-//! append rate, see benches/README.md). So a zeroing write is issued only while no append
-//! write, no fdatasync and no staged data is pending; a busy log simply rolls onto a
-//! partly zeroed (still fully preallocated) segment.
+//! the segment once more, at queue depth 1 into unwritten extents: paced against the append
+//! rate (the earlier design) it doubled the bytes written during a saturating run, and 256 KiB
+//! Written appends went from 1137-1501 MB/s to 1849-1938 MB/s in back-to-back runs once it
+//! stopped competing (with the CRC shortcut of `format::entry`; 2026-11-21, see
+//! benches/README.md). So a zeroing write is issued only while no append write, no fdatasync
+//! and no staged data is pending; a busy log simply rolls onto a partly zeroed (still fully
+//! preallocated) segment.
 //!
 //! Crash: a `.prep` file is not part of the log; recovery deletes any it finds. A segment's
 //! bytes past the log end may hold anything (FORMAT.md), so zeros, unwritten blocks or a mix
@@ -23,7 +25,7 @@
 //! land after the appender's first write of the same blocks, so the roll waits for it.
 
 use super::{Segment, SEGMENT_SUFFIX};
-use crate::commit::Event;
+use crate::commit::{DirSync, Event};
 use crate::io::{FileKind, Storage};
 use crate::log::recovery::create_segment;
 use crate::log::recovery::now_ms;
@@ -59,12 +61,6 @@ pub(crate) struct PreparedSegment {
 impl Inner {
     /// Ends the active segment and starts the next. Called with the append lock held.
     pub(crate) async fn roll(self: &Rc<Self>) -> Result<(), EngineError> {
-        let t0 = std::time::Instant::now(); // EXP
-        let r = self.roll2().await; // EXP
-        crate::exp::with(|s| { s.rolls += 1; s.roll_us += t0.elapsed().as_micros() as u64; }); // EXP
-        r // EXP
-    } // EXP
-    async fn roll2(self: &Rc<Self>) -> Result<(), EngineError> { // EXP
         let start = {
             let mut st = self.state.borrow_mut();
             st.appender.seal_segment(&*self.io, self.epoch, now_ms());
@@ -119,11 +115,6 @@ impl Inner {
                 }
                 None => create_segment(&*self.io, &dir, start, self.cfg.segment_size_bytes).await?,
             };
-            // The new name must be durable before an fdatasync of its data means anything.
-            self.io
-                .sync_dir(dir.clone())
-                .await
-                .map_err(|e| EngineError::io("sync directory", &dir, e))?;
             Ok::<_, EngineError>(seg)
         }
         .await;
@@ -135,6 +126,25 @@ impl Inner {
                 return Err(e);
             }
         };
+        // The new name must be durable before an fdatasync of its data means anything. That
+        // directory sync flushes the device, which took ~8 ms per roll with the append lock
+        // held (measured: 10% of a 256 KiB Written run), so it runs in the background and
+        // every later fdatasync waits for it instead (`commit::DirSync`). Written appends,
+        // which promise no durability, go on meanwhile.
+        let ds = Rc::new(DirSync::default());
+        *self.gc.dir_sync.borrow_mut() = Some(ds.clone());
+        let (weak, io) = (Rc::downgrade(self), self.io.clone());
+        glommio::spawn_local(async move {
+            let r = io
+                .sync_dir(dir.clone())
+                .await
+                .map_err(|e| EngineError::io("sync directory", &dir, e).to_string());
+            if let (Err(cause), Some(inner)) = (&r, weak.upgrade()) {
+                inner.gc.poison(cause.clone());
+            }
+            ds.complete(r);
+        })
+        .detach();
         let mut st = self.state.borrow_mut();
         st.segments.map.insert(start, seg.clone());
         st.appender.start_segment(&*self.io, seg);
@@ -172,9 +182,8 @@ impl Inner {
         glommio::spawn_local(async move {
             // Still the segment after the active one, on a live shard?
             let current = |weak: &Weak<Inner>| {
-                weak.upgrade().filter(|i| {
-                    !i.stopped() && i.state.borrow().appender.segment().end() == start
-                })
+                weak.upgrade()
+                    .filter(|i| !i.stopped() && i.state.borrow().appender.segment().end() == start)
             };
             let seg = match create_prepared(&*io, &dir, start, size).await {
                 Ok(seg) => seg,
@@ -282,7 +291,6 @@ async fn zero_fill_when_idle(
             }
         };
         p.io_inflight.set(true);
-        crate::exp::with(|s| s.zero_writes += 1); // EXP
         let r = p.seg.file.write_at(b, pos).await;
         p.io_inflight.set(false);
         p.io_done.notify();

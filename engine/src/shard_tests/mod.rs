@@ -607,3 +607,97 @@ fn many_queues_checkpoint_and_reload() {
         }
     });
 }
+
+/// [`MemStorage`] whose directory syncs wait while `closed` is set.
+struct GatedDirSync {
+    mem: MemStorage,
+    closed: Rc<std::cell::Cell<bool>>,
+}
+
+impl Storage for GatedDirSync {
+    fn alloc(&self, len: usize) -> crate::io::IoBuf {
+        self.mem.alloc(len)
+    }
+    fn open(
+        &self,
+        path: std::path::PathBuf,
+        kind: crate::io::FileKind,
+        create: bool,
+    ) -> crate::io::IoFuture<'_, Rc<dyn crate::io::StorageFile>> {
+        self.mem.open(path, kind, create)
+    }
+    fn remove(&self, path: std::path::PathBuf) -> crate::io::IoFuture<'_, ()> {
+        self.mem.remove(path)
+    }
+    fn rename(
+        &self,
+        from: std::path::PathBuf,
+        to: std::path::PathBuf,
+    ) -> crate::io::IoFuture<'_, ()> {
+        self.mem.rename(from, to)
+    }
+    fn sync_dir(&self, dir: std::path::PathBuf) -> crate::io::IoFuture<'_, ()> {
+        let closed = self.closed.clone();
+        Box::pin(async move {
+            while closed.get() {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            self.mem.sync_dir(dir).await
+        })
+    }
+    fn create_dir_all(&self, dir: std::path::PathBuf) -> crate::io::IoFuture<'_, ()> {
+        self.mem.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: std::path::PathBuf) -> crate::io::IoFuture<'_, Vec<String>> {
+        self.mem.list_dir(dir)
+    }
+    fn modified_ms(&self, path: std::path::PathBuf) -> crate::io::IoFuture<'_, i64> {
+        self.mem.modified_ms(path)
+    }
+}
+
+/// A roll does not hold appends until the new segment's name is durable, but no Durable
+/// append into that segment resolves before it is (the directory sync runs in the
+/// background and every later fdatasync waits for it).
+#[test]
+fn durable_acks_wait_for_the_directory_sync_of_a_new_segment() {
+    run(|| async {
+        let closed = Rc::new(std::cell::Cell::new(false));
+        let io = GatedDirSync {
+            mem: MemStorage::new(),
+            closed: closed.clone(),
+        };
+        let s = Shard::open_with_io(small_cfg("/ds"), Rc::new(io) as Rc<dyn Storage>)
+            .await
+            .expect("open");
+        closed.set(true);
+        // Written appends go on across rolls while every directory sync is held.
+        let mut appended = 0;
+        while s.inner.state.borrow().segments.map.len() < 3 {
+            s.append(QueueId(0), batch(1, 0, -1, -1, 9_000), Durability::Written)
+                .await
+                .expect("written append while the directory sync is pending");
+            appended += 1;
+            assert!(appended < 100, "the log never rolled");
+        }
+        let end = s.inner.state.borrow().appender.next_pos();
+        let shard = s.clone();
+        let durable = glommio::spawn_local(async move {
+            shard
+                .append(QueueId(0), batch(1, 0, -1, -1, 100), Durability::Durable)
+                .await
+        });
+        for _ in 0..20 {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            assert!(
+                s.durable_log_pos() < end,
+                "data of a segment whose name is not durable counted as durable"
+            );
+        }
+        closed.set(false);
+        durable
+            .await
+            .expect("durable append after the directory sync");
+        assert!(s.durable_log_pos() > end);
+    });
+}

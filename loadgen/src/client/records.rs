@@ -18,7 +18,7 @@ use ringmq_wire::record_batch::{
     self, BatchBuilder, BatchError, BatchHeader, Compression, ProducerStamp, Record, HEADER_LEN,
     LOG_OVERHEAD,
 };
-use ringmq_wire::varint::get_varint;
+use ringmq_wire::records::{records_in_body, RecordError};
 use thiserror::Error;
 
 use crate::config::CompressionArg;
@@ -41,6 +41,11 @@ pub enum RecordsError {
     Record {
         base_offset: i64,
         what: &'static str,
+    },
+    #[error("batch at offset {base_offset}: {source}")]
+    Body {
+        base_offset: i64,
+        source: RecordError,
     },
     #[error("batch at offset {base_offset}: compression codec {codec:?} not supported")]
     Codec {
@@ -290,60 +295,26 @@ fn decompress(
 /// Reads `header.record_count` records from `body`; returns (records counted, value bytes).
 fn read_records(
     header: &BatchHeader,
-    mut body: &[u8],
+    body: &[u8],
     from_offset: i64,
     on_value: &mut impl FnMut(i64, &[u8]),
 ) -> Result<(u64, u64), RecordsError> {
     let base_offset = header.base_offset;
-    let bad = |what| RecordsError::Record { base_offset, what };
     let (mut records, mut bytes) = (0u64, 0u64);
-    for _ in 0..header.record_count.max(0) {
-        let len = take_varint(&mut body).ok_or(bad("record length"))?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= body.len())
-            .ok_or(bad("record length"))?;
-        let (mut rec, rest) = body.split_at(len);
-        body = rest;
-        let _attributes = take_bytes(&mut rec, 1).ok_or(bad("record attributes"))?;
-        let _ts_delta = take_varint(&mut rec).ok_or(bad("timestamp delta"))?;
-        let offset_delta = take_varint(&mut rec).ok_or(bad("offset delta"))?;
-        let _key = take_nullable(&mut rec).ok_or(bad("record key"))?;
-        let value = take_nullable(&mut rec)
-            .ok_or(bad("record value"))?
-            .unwrap_or(&[]);
-        let offset = base_offset + offset_delta;
+    for record in records_in_body(body, header.record_count) {
+        let record = record.map_err(|source| RecordsError::Body {
+            base_offset,
+            source,
+        })?;
+        let offset = base_offset + i64::from(record.offset_delta);
         if offset >= from_offset {
+            let value = record.value.unwrap_or(&[]);
             on_value(offset, value);
             records += 1;
             bytes += value.len() as u64;
         }
     }
     Ok((records, bytes))
-}
-
-fn take_varint(buf: &mut &[u8]) -> Option<i64> {
-    let (v, n) = get_varint(buf).ok()?;
-    *buf = &buf[n..];
-    Some(v)
-}
-
-fn take_bytes<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if buf.len() < n {
-        return None;
-    }
-    let (head, rest) = buf.split_at(n);
-    *buf = rest;
-    Some(head)
-}
-
-/// A varint length then that many bytes; -1 is null.
-fn take_nullable<'a>(buf: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
-    match take_varint(buf)? {
-        -1 => Some(None),
-        n if n >= 0 => take_bytes(buf, usize::try_from(n).ok()?).map(Some),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -430,7 +401,7 @@ mod tests {
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         assert!(matches!(
             read_batches(&b, 0, |_, _| {}),
-            Err(RecordsError::Record { .. })
+            Err(RecordsError::Body { .. })
         ));
     }
 }
