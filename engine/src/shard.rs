@@ -171,12 +171,7 @@ impl Shard {
         }
         let h = ringmq_wire::record_batch::validate(&batch).map_err(EngineError::CorruptBatch)?;
         inner.wait_for_staging_room().await?;
-        let permit = inner
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| EngineError::Closed)?;
-        inner.check_usable()?;
+        let permit = inner.lock_appends().await?;
         if inner.is_deleted(queue) {
             return Err(EngineError::QueueDeleted(queue));
         }
@@ -325,12 +320,7 @@ impl Shard {
     /// Durably forgets a queue (a control entry in the log); idempotent.
     pub async fn delete_queue(&self, queue: QueueId) -> Result<(), EngineError> {
         let inner = &self.inner;
-        let permit = inner
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| EngineError::Closed)?;
-        inner.check_usable()?;
+        let permit = inner.lock_appends().await?;
         if inner.is_deleted(queue) {
             return Ok(());
         }
@@ -420,6 +410,19 @@ impl Inner {
             t.cancel();
         }
         self.gc.kick.notify();
+    }
+
+    /// Takes the append lock (log order is decided under it), then checks that the shard still
+    /// takes appends: the check must come after the wait, since a poisoning or close may
+    /// happen while waiting.
+    async fn lock_appends(&self) -> Result<glommio::sync::Permit<'_>, EngineError> {
+        let permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::Closed)?;
+        self.check_usable()?;
+        Ok(permit)
     }
 
     fn check_usable(&self) -> Result<(), EngineError> {
