@@ -26,9 +26,9 @@
 
 use super::{Segment, SEGMENT_SUFFIX};
 use crate::commit::{DirSync, Event};
-use crate::io::{FileKind, Storage};
-use crate::log::recovery::create_segment;
+use crate::io::Storage;
 use crate::log::recovery::now_ms;
+use crate::log::recovery::{create_segment, open_preallocated};
 use crate::shard::Inner;
 use crate::EngineError;
 use std::cell::Cell;
@@ -244,16 +244,7 @@ async fn create_prepared(
     start: u64,
     size: u64,
 ) -> io::Result<Rc<Segment>> {
-    let path = prep_path(dir, start);
-    let file = io.open(path.clone(), FileKind::Direct, true).await?;
-    file.preallocate(size).await?;
-    Ok(Rc::new(Segment {
-        start,
-        size,
-        file,
-        path,
-        modified_ms: Cell::new(now_ms()),
-    }))
+    open_preallocated(io, prep_path(dir, start), start, size).await
 }
 
 /// Zero-fills `p` front to back, one write at a time, each only when `may_write(true)` says

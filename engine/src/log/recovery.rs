@@ -152,13 +152,21 @@ pub(crate) async fn create_segment(
     size: u64,
 ) -> Result<Rc<Segment>, EngineError> {
     let path = segment_path(dir, start);
-    let file = io
-        .open(path.clone(), FileKind::Direct, true)
+    open_preallocated(io, path.clone(), start, size)
         .await
-        .map_err(|e| EngineError::io("create segment", &path, e))?;
-    file.preallocate(size)
-        .await
-        .map_err(|e| EngineError::io("preallocate segment", &path, e))?;
+        .map_err(|e| EngineError::io("create segment", &path, e))
+}
+
+/// Creates the file at `path`, preallocates `size` bytes and wraps it as the segment that
+/// starts at log position `start` (under its final name, or a temporary one while prepared).
+pub(crate) async fn open_preallocated(
+    io: &dyn Storage,
+    path: std::path::PathBuf,
+    start: u64,
+    size: u64,
+) -> std::io::Result<Rc<Segment>> {
+    let file = io.open(path.clone(), FileKind::Direct, true).await?;
+    file.preallocate(size).await?;
     Ok(Rc::new(Segment {
         start,
         size,
