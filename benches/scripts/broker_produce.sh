@@ -6,7 +6,8 @@
 # $LOADGEN_CPU; 1 KiB records; producers only (`--consumers 0`). Every figure is taken $REPS
 # times and reported as median [min..max], with the 1-minute load average of each run, because
 # the machine is shared and the figures are noisy. Phases: raw loopback TCP; 16 partitions (max
-# acks=1/all, then open loop at half of each max); 10,000 partitions (creation time, idle RSS,
+# acks=1/all, then open loop at half of each max, then one extra acks=all run traced with perf's
+# io_uring tracepoints to show where appends wait); 10,000 partitions (creation time, idle RSS,
 # max acks=1 interleaved with 16-partition runs on the same broker); the 16-partition acks=1
 # load on `--storage memory` (no disk); an fdatasync probe of the disk at start and end.
 #
@@ -15,8 +16,9 @@
 # Knobs (environment): REPS (3), WARMUP (2s), DURATION (5s, closed-loop runs), LAT_DURATION
 # (10s, open-loop runs), LAT_LINGER_MS (0: linger of the open-loop runs), BROKER_CPU (0),
 # LOADGEN_CPU (1), IDLE_SECONDS (5), OUT_DIR (a fresh /tmp dir), MAX_SECONDS (900: no new run
-# starts past this; each run has its own 120 s timeout), BUILD_TIMEOUT (1500 s).
-# Needs: jq, taskset; python3 for the fdatasync probe (optional).
+# starts past this; each run has its own 120 s timeout), BUILD_TIMEOUT (1500 s), IOU_TRACE (1).
+# Needs: jq, taskset; python3 for the fdatasync probe and perf (root) for the io_uring trace
+# (both optional).
 # Everything it writes (loadgen --json reports, stdout, broker logs, summary.txt) is in OUT_DIR.
 set -euo pipefail
 
@@ -31,6 +33,7 @@ MAX_SECONDS=${MAX_SECONDS:-900}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1500}
 RUN_TIMEOUT=120 # one loadgen run: warm-up + duration + drain is well under this
 IDLE_SECONDS=${IDLE_SECONDS:-5}  # idle time before reading VmRSS
+IOU_TRACE=${IOU_TRACE:-1} # 0: skip the io_uring trace of one extra acks=all run (needs perf, root)
 BIG_PARTITIONS=10000
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -221,6 +224,20 @@ for i in $(seq 1 "$REPS"); do
     lg lat16_acksall_$i --topic t16 --rate "$HALFALL" --acks all --duration "$LAT_DURATION" --linger-ms "$LAT_LINGER_MS"
     lg lat16_acks1_$i --topic t16 --rate "$HALF1" --acks 1 --duration "$LAT_DURATION" --linger-ms "$LAT_LINGER_MS"
 done
+# One more acks=all run at half max, not among the measured ones: io_uring tracepoints show
+# where an append waits (its write, the fdatasync in flight, then the one that covers it).
+IOU_SUMMARY="skipped (IOU_TRACE=0, or perf missing)"
+if [[ "$IOU_TRACE" != 0 ]] && command -v perf >/dev/null; then
+    lg iou16_acksall --topic t16 --rate "$HALFALL" --acks all --duration "$LAT_DURATION" --linger-ms "$LAT_LINGER_MS" &
+    IOU_LG=$!
+    sleep 4 # past the warm-up
+    perf record -a -e io_uring:io_uring_submit_req -e io_uring:io_uring_complete \
+        -o "$OUT_DIR/iou16.data" -- sleep 4 >/dev/null 2>&1 || true
+    wait "$IOU_LG" || true
+    IOU_SUMMARY=$(perf script -i "$OUT_DIR/iou16.data" -F pid,time,event,trace 2>/dev/null |
+        python3 "$REPO/benches/scripts/iou_waits.py" "$BROKER_PID" 2>&1 | sed 's/^/  /') || true
+    rm -f "$OUT_DIR/iou16.data"
+fi
 sleep "$IDLE_SECONDS"
 RSS16_LOADED=$(rss_kib)
 stop_broker
@@ -312,6 +329,8 @@ say "  RSS, 10000 idle partitions < 100 MiB: $(mib "$RSS10K_IDLE") MiB -> $(awk 
 say ""
 say "RSS (VmRSS after ${IDLE_SECONDS}s idle): 16p idle $(mib "$RSS16_IDLE") MiB; 16p after the runs $(mib "$RSS16_LOADED") MiB;"
 say "  fresh broker $(mib "$RSS10K_EMPTY") MiB; 10000p idle $(mib "$RSS10K_IDLE") MiB; 10000p after every partition was written $(mib "$RSS10K_TOUCHED") MiB"
+say "where acks=all appends wait (io_uring trace of one extra run at half max, $HALFALL rec/s):"
+say "$IOU_SUMMARY"
 say "disk, start: $FSYNC_START"
 say "disk, end:   $FSYNC_END"
 say "uptime at end: $(uptime)"

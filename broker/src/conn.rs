@@ -194,7 +194,13 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
         let chunks = match pending {
             Pending::Ready(b) => Chunks { parts: vec![b] },
             Pending::Task(task, permit, response_permit) => {
-                let out = task.await;
+                let out = match await_flushing(task, &mut wr).await {
+                    Ok(out) => out,
+                    Err(e) => {
+                        tracing::debug!(conn = conn.id, "flush failed: {e}");
+                        return;
+                    }
+                };
                 drop(permit);
                 drop(response_permit);
                 match out {
@@ -220,6 +226,20 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
     }
     let _ = wr.flush().await;
     let _ = wr.close().await;
+}
+
+/// Awaits a handler. If it is not done yet, the responses already buffered are flushed first:
+/// a finished response must not wait in the buffer for a later request's handler (with
+/// pipelined acks=all produces that added a whole group commit to almost every response).
+async fn await_flushing<W: futures_lite::AsyncWrite + Unpin, T>(
+    mut task: glommio::task::JoinHandle<T>,
+    wr: &mut BufWriter<W>,
+) -> std::io::Result<Option<T>> {
+    if let Some(out) = futures_lite::future::poll_once(&mut task).await {
+        return Ok(out);
+    }
+    wr.flush().await?;
+    Ok(task.await)
 }
 
 /// Bytes of response to reserve for `req` (fetch only), at most `room`; caps the fetch's

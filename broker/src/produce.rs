@@ -66,32 +66,43 @@ pub async fn handle(core: &Rc<Core>, req: ProduceRequest, version: i16) -> Optio
     let meta = core.meta();
     // (topic index, partition index, result) slots in request order.
     let mut results: Vec<Vec<PartitionResult>> = Vec::with_capacity(req.topic_data.len());
-    let mut per_core: HashMap<u32, Vec<Work>> = HashMap::new();
+    // Work per owning core, in first-seen order (a handful of cores: a linear search).
+    let mut per_core: Vec<(u32, Vec<Work>)> = Vec::new();
     for (ti, topic) in req.topic_data.iter().enumerate() {
+        // Looked up once per topic, not once per partition.
+        let topic_meta = meta.topic(topic.name.as_str());
+        let log_append_time = topic_meta.is_some_and(|t| {
+            t.configs.get(TIMESTAMP_TYPE_CONFIG).map(String::as_str) == Some("LogAppendTime")
+        });
         let mut slots = Vec::with_capacity(topic.partition_data.len());
         for (pi, part) in topic.partition_data.iter().enumerate() {
             let Some(durability) = durability else {
                 slots.push(PartitionResult::error(errors::INVALID_REQUIRED_ACKS));
                 continue;
             };
-            let Some(place) = meta.place(topic.name.as_str(), part.index) else {
+            let place = topic_meta.and_then(|t| {
+                usize::try_from(part.index)
+                    .ok()
+                    .and_then(|p| t.partitions.get(p).copied())
+            });
+            let Some(place) = place else {
                 slots.push(PartitionResult::error(errors::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
-            match split_valid(part.records.as_ref()) {
-                Ok(batches) => {
-                    let log_append_time = meta.topic(topic.name.as_str()).is_some_and(|t| {
-                        t.configs.get(TIMESTAMP_TYPE_CONFIG).map(String::as_str)
-                            == Some("LogAppendTime")
-                    });
-                    per_core.entry(place.core).or_default().push(Work {
+            match valid_records(part.records.as_ref()) {
+                Ok(records) => {
+                    let work = Work {
                         ti,
                         pi,
                         place,
-                        batches,
+                        records,
                         durability,
                         log_append_time,
-                    });
+                    };
+                    match per_core.iter_mut().find(|(owner, _)| *owner == place.core) {
+                        Some((_, list)) => list.push(work),
+                        None => per_core.push((place.core, vec![work])),
+                    }
                     slots.push(PartitionResult::error(errors::UNKNOWN_SERVER_ERROR));
                 }
                 Err(code) => slots.push(PartitionResult::error(code)),
@@ -159,26 +170,31 @@ struct Work {
     ti: usize,
     pi: usize,
     place: Place,
-    batches: Vec<Bytes>,
+    /// The partition's `records` field: one or more whole batches, every one validated.
+    records: Bytes,
     durability: Durability,
     /// The topic stamps batches with the broker's time (message.timestamp.type).
     log_append_time: bool,
 }
 
-/// Splits a partition's `records` into validated batches (zero-copy slices).
-fn split_valid(records: Option<&Bytes>) -> Result<Vec<Bytes>, i16> {
+/// Checks that a partition's `records` field is a sequence of whole batches, each with valid
+/// counts and CRC-32C, before any of them is appended (Kafka refuses the partition as a whole).
+fn valid_records(records: Option<&Bytes>) -> Result<Bytes, i16> {
     let records = match records {
         Some(r) if !r.is_empty() => r,
         _ => return Err(errors::CORRUPT_MESSAGE),
     };
-    let mut out = Vec::new();
     for range in split_batches(records) {
         let range = range.map_err(|e| batch_error_code(&e))?;
-        let batch = records.slice(range);
-        validate(&batch).map_err(|e| batch_error_code(&e))?;
-        out.push(batch);
+        validate(&records[range]).map_err(|e| batch_error_code(&e))?;
     }
-    Ok(out)
+    Ok(records.clone())
+}
+
+/// The batches of records [`valid_records`] accepted (zero-copy slices).
+fn batches_of(records: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    // Every range is whole: `valid_records` checked the same split.
+    split_batches(records).map_while(|range| range.ok().map(|r| records.slice(r)))
 }
 
 fn batch_error_code(e: &BatchError) -> i16 {
@@ -200,7 +216,7 @@ async fn append_partition(core: &Core, w: Work) -> PartitionResult {
     let queue = w.place.queue_id();
     let mut first: Option<i64> = None;
     let append_time = w.log_append_time.then(crate::store::now_ms);
-    for batch in w.batches {
+    for batch in batches_of(&w.records) {
         let batch = match append_time {
             Some(now) => stamp_log_append_time(&batch, now),
             None => batch,
@@ -511,23 +527,23 @@ mod tests {
         });
         let one = b.build(ProducerStamp::NONE, 0);
         let two = Bytes::from([one.clone(), one.clone()].concat());
-        assert_eq!(split_valid(Some(&two)).unwrap().len(), 2);
+        assert_eq!(batches_of(&valid_records(Some(&two)).unwrap()).count(), 2);
         let mut bad = one.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert_eq!(
-            split_valid(Some(&Bytes::from(bad))),
+            valid_records(Some(&Bytes::from(bad))),
             Err(errors::CORRUPT_MESSAGE)
         );
         assert_eq!(
-            split_valid(Some(&two.slice(..two.len() - 1))),
+            valid_records(Some(&two.slice(..two.len() - 1))),
             Err(errors::CORRUPT_MESSAGE)
         );
-        assert_eq!(split_valid(None), Err(errors::CORRUPT_MESSAGE));
+        assert_eq!(valid_records(None), Err(errors::CORRUPT_MESSAGE));
         let mut old = one;
         old[16] = 1;
         assert_eq!(
-            split_valid(Some(&Bytes::from(old))),
+            valid_records(Some(&Bytes::from(old))),
             Err(errors::UNSUPPORTED_FOR_MESSAGE_FORMAT)
         );
     }

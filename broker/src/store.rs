@@ -107,10 +107,21 @@ impl Store {
     }
 }
 
+/// One appended batch, kept as the client sent it (a slice of the request frame, so append
+/// copies nothing); its base offset is patched into a copy when it is read.
 struct MemBatch {
     base: u64,
+    records: u64,
     max_ts: i64,
-    bytes: Bytes,
+    sent: Bytes,
+}
+
+impl MemBatch {
+    fn stored(&self) -> Bytes {
+        let mut owned = BytesMut::from(&self.sent[..]);
+        set_base_offset(&mut owned, self.base as i64);
+        owned.freeze()
+    }
 }
 
 #[derive(Default)]
@@ -149,13 +160,13 @@ impl MemStore {
             return Err(EngineError::QueueDeleted(q));
         }
         let base = mq.end;
-        let mut owned = BytesMut::from(&batch[..header.total_len()]);
-        set_base_offset(&mut owned, base as i64);
-        let last = base + header.last_offset_delta as u64;
+        let records = header.last_offset_delta as u64 + 1;
+        let last = base + records - 1;
         mq.batches.push(MemBatch {
             base,
+            records,
             max_ts: header.max_timestamp,
-            bytes: owned.freeze(),
+            sent: batch.slice(..header.total_len()),
         });
         mq.end = last + 1;
         Ok(Appended {
@@ -188,15 +199,15 @@ impl MemStore {
         let mut batches = Vec::new();
         let mut total = 0usize;
         for b in mq.batches.iter().skip(first) {
-            let ends_after = b.base + batch_records(&b.bytes) > from.0;
+            let ends_after = b.base + b.records > from.0;
             if !ends_after {
                 continue;
             }
-            if !batches.is_empty() && total + b.bytes.len() > max_bytes {
+            if !batches.is_empty() && total + b.sent.len() > max_bytes {
                 break;
             }
-            total += b.bytes.len();
-            batches.push(b.bytes.clone());
+            total += b.sent.len();
+            batches.push(b.stored());
         }
         Ok(ReadResult {
             batches,
@@ -204,12 +215,6 @@ impl MemStore {
             log_start_offset: Offset(0),
         })
     }
-}
-
-fn batch_records(b: &[u8]) -> u64 {
-    ringmq_wire::record_batch::BatchHeader::parse(b)
-        .map(|h| h.last_offset_delta as u64 + 1)
-        .unwrap_or(1)
 }
 
 pub fn now_ms() -> i64 {

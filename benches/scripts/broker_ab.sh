@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Paired A/B comparison of two `ringmq` binaries on a shared, noisy machine: both brokers run at
+# the same time on the same core ($BROKER_CPU), each loaded by its own loadgen on $LOADGEN_CPU
+# with the same workload, so both see the same noise. Compare within a pair, never across pairs;
+# swap the order between reps. Not a test: prints one line per broker per rep.
+#
+# Usage: benches/scripts/broker_ab.sh BIN_A BIN_B PARTITIONS ACKS RATE [LOADGEN ARGS...]
+#   e.g. benches/scripts/broker_ab.sh /tmp/old/ringmq target/release/ringmq 16 all 10000 --linger-ms 0
+# Knobs (environment): REPS (3), DURATION (8s), WARMUP (2s), BROKER_CPU (0), LOADGEN_CPU (1),
+# LOADGEN (target/release/ringmq-loadgen), OUT_DIR (a fresh /tmp dir).
+# Needs: jq, taskset.
+set -euo pipefail
+
+[[ $# -ge 5 ]] || {
+    sed -n '2,11p' "$0"
+    exit 2
+}
+BIN_A=$1 BIN_B=$2 PARTITIONS=$3 ACKS=$4 RATE=$5
+shift 5
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+REPS=${REPS:-3}
+DURATION=${DURATION:-8s}
+WARMUP=${WARMUP:-2s}
+BROKER_CPU=${BROKER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+LOADGEN=${LOADGEN:-$REPO/target/release/ringmq-loadgen}
+OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/ringmq-ab.XXXXXX)}
+mkdir -p "$OUT_DIR"
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$OUT_DIR"/data-*
+}
+trap cleanup EXIT
+
+# start NAME BIN: starts a broker and creates the topic; sets PORT.
+start() {
+    local log="$OUT_DIR/broker-$1.log" port=""
+    taskset -c "$BROKER_CPU" "$2" --cores 1 --listen 127.0.0.1:0 --data-dir "$OUT_DIR/data-$1" \
+        >"$log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 300); do
+        port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$log" | head -1 | awk -F: '{print $NF}' || true)
+        [[ -n "$port" ]] && break
+        sleep 0.1
+    done
+    [[ -n "$port" ]] || {
+        cat "$log" >&2
+        exit 2
+    }
+    "$LOADGEN" --bootstrap "127.0.0.1:$port" --create-topic --topic ab --partitions "$PARTITIONS" \
+        --producers 0 --consumers 0 --quiet >/dev/null
+    PORT=$port
+}
+
+echo "A=$BIN_A B=$BIN_B partitions=$PARTITIONS acks=$ACKS rate=$RATE $* ($(uptime))"
+for i in $(seq 1 "$REPS"); do
+    order=(A B)
+    ((i % 2 == 0)) && order=(B A)
+    PIDS=()
+    declare -A port=()
+    for v in "${order[@]}"; do
+        bin=$BIN_A
+        [[ $v == B ]] && bin=$BIN_B
+        start "$v$i" "$bin"
+        port[$v]=$PORT
+    done
+    lgs=()
+    for v in "${order[@]}"; do
+        taskset -c "$LOADGEN_CPU" "$LOADGEN" --bootstrap "127.0.0.1:${port[$v]}" \
+            --cores "$LOADGEN_CPU" --producers 1 --consumers 0 --record-size 1024 --topic ab \
+            --rate "$RATE" --acks "$ACKS" --warmup "$WARMUP" --duration "$DURATION" --quiet \
+            --json "$OUT_DIR/$v$i.json" "$@" >"$OUT_DIR/$v$i.txt" 2>&1 &
+        lgs+=($!)
+    done
+    wait "${lgs[@]}" || true
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    for v in A B; do
+        echo "rep $i $v: $(jq -r '.results.produce | "\(.mb_per_s | floor) MB/s \(.records_per_s | floor) rec/s p50 \(.latency.p50_us) us p99 \(.latency.p99_us) us p99.9 \(.latency.p999_us) us"' "$OUT_DIR/$v$i.json" 2>/dev/null || echo 'no report')"
+    done
+    rm -rf "$OUT_DIR"/data-*
+done
