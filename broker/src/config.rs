@@ -80,6 +80,29 @@ pub struct Cli {
     /// Storage: `engine` (the durable commit log) or `memory` (test double; nothing persists).
     #[arg(long, env = "RINGMQ_STORAGE")]
     pub storage: Option<StorageKind>,
+    /// How fetches read data no longer in the tail cache: `readahead` (1 MiB O_DIRECT chunks,
+    /// cached and sliced; default) or `direct` (one O_DIRECT read per run of the partition's
+    /// nearby batches). See kernel-notes/o-direct-reads.md.
+    #[arg(long, env = "RINGMQ_FETCH_BACKLOG_READ")]
+    pub fetch_backlog_read: Option<FetchBacklogRead>,
+}
+
+/// How the engine reads fetched data that is no longer in its tail cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchBacklogRead {
+    #[default]
+    Readahead,
+    Direct,
+}
+
+impl From<FetchBacklogRead> for ringmq_engine::BacklogRead {
+    fn from(m: FetchBacklogRead) -> Self {
+        match m {
+            FetchBacklogRead::Readahead => ringmq_engine::BacklogRead::Readahead,
+            FetchBacklogRead::Direct => ringmq_engine::BacklogRead::Direct,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
@@ -111,6 +134,7 @@ struct FileConfig {
     group_min_session_timeout_ms: Option<i32>,
     group_max_session_timeout_ms: Option<i32>,
     storage: Option<StorageKind>,
+    fetch_backlog_read: Option<FetchBacklogRead>,
 }
 
 /// Resolved configuration.
@@ -134,6 +158,7 @@ pub struct Config {
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
     pub storage: StorageKind,
+    pub fetch_backlog_read: FetchBacklogRead,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +203,7 @@ impl Default for Config {
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             storage: StorageKind::Engine,
+            fetch_backlog_read: FetchBacklogRead::default(),
         }
     }
 }
@@ -252,6 +278,10 @@ impl Config {
                 .or(file.group_max_session_timeout_ms)
                 .unwrap_or(d.group_max_session_timeout_ms),
             storage: cli.storage.or(file.storage).unwrap_or(d.storage),
+            fetch_backlog_read: cli
+                .fetch_backlog_read
+                .or(file.fetch_backlog_read)
+                .unwrap_or(d.fetch_backlog_read),
         };
         c.check()?;
         Ok(c)
@@ -336,6 +366,33 @@ mod tests {
         assert_eq!(Config::resolve(cli).unwrap().flush_interval_ms, None);
         let cli = Cli::try_parse_from(["ringmq", "--flush-interval-ms", "20"]).unwrap();
         assert_eq!(Config::resolve(cli).unwrap().flush_interval_ms, Some(20));
+    }
+
+    #[test]
+    fn fetch_backlog_read_comes_from_flag_env_or_file() {
+        let d = Config::resolve(Cli::try_parse_from(["ringmq"]).unwrap()).unwrap();
+        assert_eq!(d.fetch_backlog_read, FetchBacklogRead::Readahead);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "fetch_backlog_read = \"direct\"\n").unwrap();
+        let cli = Cli::try_parse_from(["ringmq", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            Config::resolve(cli).unwrap().fetch_backlog_read,
+            FetchBacklogRead::Direct
+        );
+        let cli = Cli::try_parse_from([
+            "ringmq",
+            "--config",
+            path.to_str().unwrap(),
+            "--fetch-backlog-read",
+            "readahead",
+        ])
+        .unwrap();
+        assert_eq!(
+            Config::resolve(cli).unwrap().fetch_backlog_read,
+            FetchBacklogRead::Readahead
+        );
+        assert!(Cli::try_parse_from(["ringmq", "--fetch-backlog-read", "splice"]).is_err());
     }
 
     #[test]

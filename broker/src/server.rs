@@ -260,6 +260,7 @@ async fn open_store(config: &Config, id: usize) -> Result<Store, String> {
                 segment_size_bytes: config.segment_size_bytes,
                 flush_interval_ms: config.flush_interval_ms,
                 io_memory_bytes: io_memory_per_core(config.cores),
+                backlog_read: config.fetch_backlog_read.into(),
                 ..ShardConfig::default()
             };
             Shard::open(shard_config)

@@ -85,6 +85,24 @@ pub struct ShardConfig {
     /// What the executor builder should pass to `LocalExecutorBuilder::io_memory`; defaults to
     /// [`recommended_io_memory_bytes`]. The shard cannot set it itself.
     pub io_memory_bytes: usize,
+    /// How batches no longer in the tail cache are read. Default [`BacklogRead::Readahead`].
+    pub backlog_read: BacklogRead,
+}
+
+/// How [`Shard::read`] reads batches that are not in the tail cache (older data). Both verify
+/// every entry's header and CRC before handing out its batch, and both hand out `Bytes`
+/// slices of their read buffers (no copy of the record bytes, except for a batch that
+/// straddles two readahead chunks). See `kernel-notes/o-direct-reads.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BacklogRead {
+    /// O_DIRECT reads of the log in aligned 1 MiB chunks, kept in a small per-shard cache
+    /// (48 MiB) with a bounded number of reads in flight, sliced into batches. Queues whose
+    /// batches lie near each other in the log share the chunks.
+    #[default]
+    Readahead,
+    /// One O_DIRECT read per run of nearby entries of the requested queue, sized by the fetch
+    /// (for interleaved queues that is about one read per batch). Kept to be measured against.
+    Direct,
 }
 
 impl Default for ShardConfig {
@@ -98,6 +116,7 @@ impl Default for ShardConfig {
             retention_bytes: None,
             max_batch_bytes: 8 << 20,
             io_memory_bytes: recommended_io_memory_bytes(),
+            backlog_read: BacklogRead::default(),
         }
     }
 }

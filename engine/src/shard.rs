@@ -18,7 +18,7 @@ use crate::format::index_entry::IndexEntry;
 use crate::index::QueueIndex;
 use crate::io::{GlommioStorage, Storage, BLOCK_BYTES};
 use crate::log::appender::Appender;
-use crate::log::reader::{read_entries, EntryLoc};
+use crate::log::reader::EntryLoc;
 use crate::log::recovery::{now_ms, recover};
 use crate::log::SegmentSet;
 use crate::producers::ProducerTable;
@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     /// preparation for the active segment has started.
     pub(crate) next_segment: RefCell<Option<Rc<crate::log::prepare::PreparedSegment>>>,
     pub(crate) prep_started: Cell<bool>,
+    /// Backlog readahead chunks (`log::readahead`).
+    pub(crate) chunks: Rc<crate::log::readahead::ChunkCache>,
     /// Rolls that used a prepared segment, and those whose segment was wholly zero-filled
     /// (tests and metrics).
     pub prepared_rolls: Cell<u64>,
@@ -141,6 +143,7 @@ impl Shard {
             zeroed_rolls: Cell::new(0),
             next_segment: RefCell::new(None),
             prep_started: Cell::new(false),
+            chunks: Rc::new(crate::log::readahead::ChunkCache::new()),
             tasks: RefCell::new(Vec::new()),
         });
         inner.tasks.borrow_mut().push(spawn_committer(&inner));
@@ -225,13 +228,20 @@ impl Shard {
                 j += 1;
             }
             let locs: Vec<EntryLoc> = plan.items[i..j].iter().map(|x| x.loc).collect();
-            for (k, b) in read_entries(&seg, &locs).await?.into_iter().enumerate() {
+            let got = inner.read_backlog(queue, from, &seg, &locs).await?;
+            let short = got.len() < locs.len();
+            for (k, b) in got.into_iter().enumerate() {
                 batches[i + k] = Some(b);
+            }
+            if short {
+                // The read returned a prefix (readahead's per-read chunk budget): the result
+                // must stay contiguous, so it ends there.
+                break;
             }
             i = j;
         }
         Ok(ReadResult {
-            batches: batches.into_iter().flatten().collect(),
+            batches: batches.into_iter().map_while(|b| b).collect(),
             end_offset: Offset(plan.visible_end),
             log_start_offset: Offset(plan.log_start),
         })
@@ -443,7 +453,7 @@ impl Inner {
             .is_some_and(|q| q.deleted)
     }
 
-    fn out_of_range(&self, queue: QueueId, from: Offset) -> EngineError {
+    pub(crate) fn out_of_range(&self, queue: QueueId, from: Offset) -> EngineError {
         let st = self.state.borrow();
         let (start, end) = st
             .queues

@@ -96,6 +96,14 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = StartFrom::Latest)]
     pub from: StartFrom,
 
+    /// Consumers only (`--producers 0`): read until every partition reaches the log end
+    /// found at the start of the run (a catch-up read of a backlog, with `--from earliest`),
+    /// then stop; consume MB/s is then over the time from the start to the last consumer
+    /// done, warm-up included. `--warmup` + `--duration` become a time limit: whatever is not
+    /// read by then counts as `not_consumed`.
+    #[arg(long)]
+    pub until_end: bool,
+
     /// Measured time after the warm-up, e.g. `10s`, `500ms`, `2m`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -196,6 +204,7 @@ impl Args {
             "consumers": self.consumers,
             "group": self.group,
             "from": self.from.name(),
+            "until_end": self.until_end,
             "duration_s": self.duration.as_secs_f64(),
             "warmup_s": self.warmup.as_secs_f64(),
             "rate": self.rate.to_string(),

@@ -212,6 +212,9 @@ async fn done(
     targets: &mut Option<Vec<i64>>,
     drain_deadline: &mut Option<u64>,
 ) -> bool {
+    if let Some(ends) = &ctx.ends {
+        return reached_ends(ctx, positions, ends, targets, drain_deadline);
+    }
     if !ctx.with_producers {
         return now_ns() >= ctx.window.end_ns;
     }
@@ -240,6 +243,38 @@ async fn done(
         .as_ref()
         .is_some_and(|t| positions.iter().zip(t).all(|(p, end)| p.offset >= *end));
     reached || past(ctx, *drain_deadline)
+}
+
+/// `--until-end`: done once every position reached the end offset found at setup (noting
+/// when, for the catch-up time), or at the window's end (the rest then counts as unread).
+fn reached_ends(
+    ctx: &CoreCtx,
+    positions: &[Position],
+    ends: &[i64],
+    targets: &mut Option<Vec<i64>>,
+    drain_deadline: &mut Option<u64>,
+) -> bool {
+    let mine = targets.get_or_insert_with(|| {
+        positions
+            .iter()
+            .map(|p| ends.get(p.partition as usize).copied().unwrap_or(0))
+            .collect()
+    });
+    *drain_deadline = Some(ctx.window.end_ns);
+    let now = now_ns();
+    if positions
+        .iter()
+        .zip(mine.iter())
+        .all(|(p, end)| p.offset >= *end)
+    {
+        ctx.shared.caught_up_ns.fetch_max(now, Ordering::AcqRel);
+        return true;
+    }
+    let out_of_time = now >= ctx.window.end_ns;
+    if out_of_time {
+        ctx.shared.caught_up_ns.fetch_max(now, Ordering::AcqRel);
+    }
+    out_of_time
 }
 
 /// One fetch request and the bookkeeping of its response; `Ok(false)` when a partition

@@ -53,6 +53,8 @@ pub struct CoreCtx {
     /// Next offset to read, per partition, shared by every core: consumer-group members
     /// resume from here when partitions move between them.
     pub positions: Arc<Vec<AtomicI64>>,
+    /// With `--until-end`: the log end offset per partition found at setup, to read up to.
+    pub ends: Option<Arc<Vec<i64>>>,
 }
 
 impl CoreCtx {

@@ -46,8 +46,12 @@ pub struct RunOutput {
 
 /// Runs the workload of `args` against `bootstrap` on `cores`.
 pub fn run(args: &Args, bootstrap: &str, cores: &CoreList) -> anyhow::Result<RunOutput> {
-    let (cluster, starts) = setup(args, bootstrap)?;
+    if args.until_end && (args.producers > 0 || args.group.is_some()) {
+        anyhow::bail!("--until-end reads a backlog: it needs --producers 0 and no --group");
+    }
+    let (cluster, starts, ends) = setup(args, bootstrap)?;
     let cluster = Arc::new(cluster);
+    let ends = ends.map(Arc::new);
     let positions: Arc<Vec<AtomicI64>> =
         Arc::new(starts.iter().map(|&o| AtomicI64::new(o)).collect());
     let args = Arc::new(Args {
@@ -84,11 +88,12 @@ pub fn run(args: &Args, bootstrap: &str, cores: &CoreList) -> anyhow::Result<Run
             workers_running.clone(),
         );
         let positions = positions.clone();
+        let ends = ends.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("loadgen-{cpu}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
-                let total = run_core(args, cluster, shared, positions, window, plan).await;
+                let total = run_core(args, cluster, shared, positions, ends, window, plan).await;
                 running.fetch_sub(1, Ordering::AcqRel);
                 total
             })
@@ -112,9 +117,11 @@ pub fn run(args: &Args, bootstrap: &str, cores: &CoreList) -> anyhow::Result<Run
     })
 }
 
-/// Discovers the cluster (creating the topic if asked) and the consumers' start offsets, on a
-/// short-lived executor on this thread.
-fn setup(args: &Args, bootstrap: &str) -> anyhow::Result<(Cluster, Vec<i64>)> {
+/// Discovers the cluster (creating the topic if asked), the consumers' start offsets and,
+/// with `--until-end`, the log end offsets to read up to, on a short-lived executor on this
+/// thread.
+#[allow(clippy::type_complexity)]
+fn setup(args: &Args, bootstrap: &str) -> anyhow::Result<(Cluster, Vec<i64>, Option<Vec<i64>>)> {
     let ex = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(IO_MEMORY_BYTES)
         .make()
@@ -129,6 +136,7 @@ fn setup(args: &Args, bootstrap: &str) -> anyhow::Result<(Cluster, Vec<i64>)> {
             .await
             .with_context(|| format!("discovering topic `{}` via {bootstrap}", args.topic))?;
         let mut starts = vec![0i64; cluster.partitions() as usize];
+        let mut ends = args.until_end.then(|| vec![0i64; starts.len()]);
         if args.consumers > 0 {
             let all: Vec<i32> = (0..cluster.partitions()).collect();
             for (addr, parts) in cluster.by_leader(&all)? {
@@ -144,9 +152,17 @@ fn setup(args: &Args, bootstrap: &str) -> anyhow::Result<(Cluster, Vec<i64>)> {
                 for (p, o) in parts.iter().zip(offsets) {
                     starts[*p as usize] = o;
                 }
+                if let Some(ends) = ends.as_mut() {
+                    let latest = cluster::list_offsets(&mut conn, &args.topic, &parts, -1)
+                        .await
+                        .with_context(|| format!("listing end offsets on {addr}"))?;
+                    for (p, o) in parts.iter().zip(latest) {
+                        ends[*p as usize] = o;
+                    }
+                }
             }
         }
-        Ok((cluster, starts))
+        Ok((cluster, starts, ends))
     })
 }
 
@@ -215,6 +231,7 @@ async fn run_core(
     cluster: Arc<Cluster>,
     shared: Arc<Shared>,
     positions: Arc<Vec<AtomicI64>>,
+    ends: Option<Arc<Vec<i64>>>,
     window: Window,
     plan: CorePlan,
 ) -> Hists {
@@ -228,6 +245,7 @@ async fn run_core(
         hists: Default::default(),
         with_producers,
         positions,
+        ends,
     });
     let reporter = glommio::spawn_local({
         let ctx = ctx.clone();
@@ -328,10 +346,20 @@ fn results(
     totals: &Hists,
     window: Window,
 ) -> Results {
-    let secs = window.measured_secs();
+    // A catch-up read is timed from the start to the moment the last consumer was done.
+    let caught_up = shared.caught_up_ns.load(Ordering::Acquire);
+    let secs = if args.until_end {
+        (caught_up.max(window.start_ns + 1) - window.start_ns) as f64 / 1e9
+    } else {
+        window.measured_secs()
+    };
     let (produce, end_to_end, consume) = {
         let acked = shared.acked_measured.get();
-        let consumed = shared.consumed_measured.get();
+        let consumed = if args.until_end {
+            shared.consumed.get()
+        } else {
+            shared.consumed_measured.get()
+        };
         let produce = (args.producers > 0)
             .then(|| Section::new(acked.0, acked.1, secs, Some(&totals.produce)));
         let both = args.producers > 0 && args.consumers > 0;

@@ -203,6 +203,8 @@ pub struct Shared {
     /// Consumer-group members still reading; members leave the group once it reaches zero,
     /// so an early leaver does not make the others rebalance while they drain.
     pub members_running: AtomicUsize,
+    /// With `--until-end`: when the last fetch loop reached its end offsets (`now_ns`).
+    pub caught_up_ns: AtomicU64,
     /// Error counts by kind.
     pub errors: Mutex<BTreeMap<ErrorKind, u64>>,
     /// Interval histograms added by the cores since the progress line last took them.

@@ -396,3 +396,60 @@ fn a_broker_that_goes_away_fails_the_run_and_the_run_still_ends() {
         started.elapsed()
     );
 }
+
+#[test]
+fn until_end_reads_the_whole_backlog_then_stops() {
+    // Catches: a catch-up run that stops at its time limit instead of at the log end (the
+    // limit here is 60 s, the backlog takes well under a second), one that misses records of
+    // the backlog, or a consume rate computed over the time limit instead of the catch-up.
+    let broker = FakeBroker::start(Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let fill = [
+        "--partitions",
+        "3",
+        "--producers",
+        "1",
+        "--consumers",
+        "0",
+        "--rate",
+        "5000",
+    ];
+    let (out, report) = loadgen(dir.path(), &args(&broker, &fill));
+    assert!(out.status.success(), "{}", describe(&out));
+    let stored = broker.records("t");
+    assert!(stored > 4000, "stored {stored}\n{}", describe(&out));
+    let started = std::time::Instant::now();
+    let read = [
+        "--producers",
+        "0",
+        "--consumers",
+        "2",
+        "--from",
+        "earliest",
+        "--until-end",
+        "--warmup",
+        "0s",
+        "--duration",
+        "60s",
+    ];
+    let (out, report2) = loadgen(dir.path(), &args(&broker, &read));
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "did not stop at the log end\n{}",
+        describe(&out)
+    );
+    let consume = &report2["results"]["consume"];
+    assert_eq!(consume["records"], stored, "{}", describe(&out));
+    assert!(
+        report2["results"]["measured_s"].as_f64().unwrap() < 30.0,
+        "rate over the time limit: {report2}"
+    );
+    let _ = report;
+    // A producing run cannot use it.
+    let (out, _) = loadgen(
+        dir.path(),
+        &args(&broker, &["--until-end", "--producers", "1"]),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}

@@ -14,6 +14,7 @@
 
 pub(crate) mod appender;
 pub(crate) mod prepare;
+pub(crate) mod readahead;
 pub(crate) mod reader;
 pub(crate) mod recovery;
 pub(crate) mod retention;

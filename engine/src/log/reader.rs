@@ -1,16 +1,49 @@
-//! Reads stored batches back from segment files with O_DIRECT, and verifies them.
+//! Reads stored batches back from segment files with O_DIRECT, and verifies them: the
+//! `direct` backlog-read mode ([`crate::BacklogRead::Direct`]); `readahead` reads whole chunks
+//! instead (`log::readahead`) and shares [`check_entry`].
 //!
 //! A read covers the aligned range around one or more entries that lie close together in the
 //! log (one I/O for a run of a queue's batches), then checks each entry's header and CRC
 //! before handing out its batch as a zero-copy slice of the read buffer. A mismatch is
 //! reported as [`EngineError::Corrupt`], never served.
 
+use super::readahead::read_entries_ahead;
 use super::Segment;
 use crate::format::entry::{verify_crc, EntryHeader, EntryKind, HEADER_LEN};
 use crate::io::{align_down, align_up};
-use crate::EngineError;
+use crate::shard::Inner;
+use crate::{BacklogRead, EngineError, Offset, QueueId};
 use bytes::Bytes;
 use std::rc::Rc;
+
+impl Inner {
+    /// Reads the given entries of `queue` (not in the tail cache; all in `seg`, in log
+    /// order) by the configured [`BacklogRead`] mode. Readahead may return a prefix of them
+    /// (never none). A read that failed because retention deleted the segment meanwhile is
+    /// reported as the offset being out of range, as it would be if the read came later.
+    pub(crate) async fn read_backlog(
+        &self,
+        queue: QueueId,
+        from: Offset,
+        seg: &Rc<Segment>,
+        locs: &[EntryLoc],
+    ) -> Result<Vec<Bytes>, EngineError> {
+        let got = match self.cfg.backlog_read {
+            BacklogRead::Readahead => {
+                read_entries_ahead(&self.chunks, seg, locs, self.gc.written()).await
+            }
+            BacklogRead::Direct => read_entries(seg, locs).await,
+        };
+        match got {
+            Err(EngineError::Io { .. })
+                if !self.state.borrow().segments.map.contains_key(&seg.start) =>
+            {
+                Err(self.out_of_range(queue, from))
+            }
+            other => other,
+        }
+    }
+}
 
 /// Entries further apart than this are read with separate I/Os.
 pub(crate) const MAX_READ_GAP_BYTES: u64 = 64 << 10;
@@ -96,7 +129,7 @@ async fn read_run(
 }
 
 /// Verifies the entry at `data[at..]` is the one the index promised and returns its batch.
-fn check_entry(
+pub(crate) fn check_entry(
     seg: &Segment,
     data: &Bytes,
     at: usize,

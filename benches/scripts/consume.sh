@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# Issue 5 benchmark: the consume path of the `ringmq` broker, driven by `ringmq-loadgen`. Not a
+# test: it prints figures, it asserts nothing.
+#
+# Broker: 1 shard (`--cores 1`) pinned to CPU $BROKER_CPU; loadgen pinned to CPU $LOADGEN_CPU;
+# 1 KiB records, $PARTITIONS partitions. Phases:
+#   0. raw loopback TCP baseline (`ringmq-loadgen --raw` on both CPUs), $REPS times.
+#   a. tail reads: the max produce rate (acks=1, producers only), then open loop at half of it
+#      with 1 and with 8 consumers reading the tail: end-to-end p50/p99/p99.9.
+#   b. catch-up: fill a backlog of $BACKLOG_BYTES (producers only, closed loop), then for each
+#      backlog-read mode in $MODES and $REPS times: stop the broker, drop the page cache, start
+#      it again on the same data (the tail cache is empty after a restart, so every byte comes
+#      from disk) and read everything from the earliest offset with one consumer
+#      (`--until-end`). MB/s = value bytes read / time to read them; ratio = that / the median
+#      loopback baseline of this run. Broker CPU seconds per GiB read come from /proc.
+#   c. appends on the same core: open-loop acks=1 produce at
+#      $SIDE_RATE rec/s into another topic, alone and during a catch-up read: produce latency.
+# Every figure is a median [min..max] with the 1-minute load average at each run's start,
+# because the machine is shared.
+#
+# Usage: benches/scripts/consume.sh                 (builds release binaries first)
+#        SKIP_BUILD=1 BACKLOG_BYTES=$((2<<30)) benches/scripts/consume.sh
+# Knobs (environment): BACKLOG_BYTES (10 GiB), MODES ("direct readahead"), REPS (3),
+# PARTITIONS (16), WARMUP (2s), DURATION (5s, max-rate runs), LAT_DURATION (10s, tail runs),
+# CATCHUP_FETCH_BYTES (16777216: one fetch asks for 1 MiB of each of 16 partitions),
+# SIDE_RATE (10000 rec/s) and SIDE_DURATION (3s) for phase c,
+# BROKER_CPU (0), LOADGEN_CPU (1), OUT_DIR (a fresh /tmp dir), DATA_ROOT (OUT_DIR; the
+# backlog lives there), SKIP_TAIL (0), SKIP_CATCHUP (0), BUILD_TIMEOUT (1500 s).
+# Needs: jq, taskset, root (to drop the page cache; without it the drop is skipped and said).
+# The data directory is removed at the end, whatever happens.
+set -euo pipefail
+
+BACKLOG_BYTES=${BACKLOG_BYTES:-$((10 << 30))}
+MODES=${MODES:-"direct readahead"}
+REPS=${REPS:-3}
+PARTITIONS=${PARTITIONS:-16}
+WARMUP=${WARMUP:-2s}
+DURATION=${DURATION:-5s}
+LAT_DURATION=${LAT_DURATION:-10s}
+CATCHUP_FETCH_BYTES=${CATCHUP_FETCH_BYTES:-16777216}
+SIDE_RATE=${SIDE_RATE:-10000}
+SIDE_DURATION=${SIDE_DURATION:-3s}
+BROKER_CPU=${BROKER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-1500}
+RUN_TIMEOUT=120
+CATCHUP_LIMIT_S=900 # a catch-up read slower than ~12 MB/s for 10 GiB is cut off (and said)
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN="$REPO/target/release"
+OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/ringmq-consume.XXXXXX)}
+DATA_ROOT=${DATA_ROOT:-$OUT_DIR}
+mkdir -p "$OUT_DIR"
+SUMMARY="$OUT_DIR/summary.txt"
+: >"$SUMMARY"
+
+BROKER_PID=""
+cleanup() {
+    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$DATA_ROOT"/data-*
+}
+trap cleanup EXIT
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" >&2; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+say "ringmq issue-5 consume benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+say "machine: nproc=$(nproc) kernel=$(uname -r) mem=$(awk '/MemTotal/{print $2" kB"}' /proc/meminfo)"
+say "uptime at start: $(uptime)"
+say "git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree may be dirty)"
+say "settings: BACKLOG_BYTES=$BACKLOG_BYTES MODES='$MODES' REPS=$REPS PARTITIONS=$PARTITIONS CATCHUP_FETCH_BYTES=$CATCHUP_FETCH_BYTES; out dir $OUT_DIR"
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    log "building release binaries"
+    (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release -p ringmq-broker -p ringmq-loadgen)
+fi
+SECONDS=0
+[[ -x "$BIN/ringmq" && -x "$BIN/ringmq-loadgen" ]] || {
+    echo "missing $BIN/ringmq or $BIN/ringmq-loadgen" >&2
+    exit 2
+}
+
+# ---- helpers ---------------------------------------------------------------------------------
+PORT=""
+# start_broker NAME DATA_DIR MODE: a fresh process on DATA_DIR (kept if it exists).
+start_broker() {
+    local logf="$OUT_DIR/broker-$1.log"
+    taskset -c "$BROKER_CPU" "$BIN/ringmq" --cores 1 --listen 127.0.0.1:0 --data-dir "$2" \
+        --fetch-backlog-read "$3" >"$logf" 2>&1 &
+    BROKER_PID=$!
+    PORT=""
+    for _ in $(seq 1 600); do # up to 60 s (recovery of a large log included)
+        PORT=$(grep -o 'listening on [0-9.]*:[0-9]*' "$logf" | head -1 | awk -F: '{print $NF}' || true)
+        [[ -n "$PORT" ]] && break
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -z "$PORT" ]]; then
+        echo "broker did not start; log:" >&2
+        cat "$logf" >&2
+        exit 2
+    fi
+    log "broker $1 ($3) pid $BROKER_PID on port $PORT"
+}
+stop_broker() {
+    kill "$BROKER_PID" 2>/dev/null || true
+    timeout 60 tail --pid="$BROKER_PID" -f /dev/null || kill -9 "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+}
+broker_cpu_ms() {
+    awk -v t="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) * 1000 / t}' "/proc/$BROKER_PID/stat"
+}
+# Run-queue wait (ms) of the broker's executor thread(s): time it was ready to run but another
+# process had its CPU (the machine is shared; large values mean the figures are the machine's).
+broker_wait_ms() {
+    local w=0 t
+    for t in /proc/"$BROKER_PID"/task/*; do
+        if [[ "$(cat "$t/comm" 2>/dev/null)" == ringmq-core* ]]; then
+            w=$(awk -v w="$w" '{printf "%.0f", w + $2 / 1e6}' "$t/schedstat" 2>/dev/null || echo "$w")
+        fi
+    done
+    echo "$w"
+}
+drop_caches() {
+    sync
+    if echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+        echo dropped
+    else
+        echo "NOT dropped (not root?)"
+    fi
+}
+# lg NAME TIMEOUT ARGS...: one pinned loadgen run; writes NAME.json, NAME.txt, NAME.meta.
+lg() {
+    local name=$1 limit=$2
+    shift 2
+    local l0 c0 c1 w0 w1 rc=0
+    l0=$(load1)
+    c0=$(broker_cpu_ms)
+    w0=$(broker_wait_ms)
+    timeout "$limit" taskset -c "$LOADGEN_CPU" "$BIN/ringmq-loadgen" \
+        --bootstrap "127.0.0.1:$PORT" --cores "$LOADGEN_CPU" --record-size 1024 --quiet \
+        --json "$OUT_DIR/$name.json" "$@" >"$OUT_DIR/$name.txt" 2>&1 || rc=$?
+    c1=$(broker_cpu_ms)
+    w1=$(broker_wait_ms)
+    echo "load1=$l0 rc=$rc broker_cpu_ms=$((c1 - c0)) broker_runq_wait_ms=$((w1 - w0))" >"$OUT_DIR/$name.meta"
+    if ((rc != 0)); then
+        say "WARNING: $name exited $rc (see $OUT_DIR/$name.txt)"
+    fi
+}
+# stat PREFIX JQPATH: "median [min..max]" over PREFIX_1..PREFIX_REPS.
+stat() {
+    local vals
+    vals=$(for i in $(seq 1 "$REPS"); do jq -r "$2 // empty" "$OUT_DIR/${1}_$i.json" 2>/dev/null; done)
+    [[ -z "$vals" ]] && {
+        echo "n/a"
+        return
+    }
+    echo "$vals" | sort -g | awk '{v[NR]=$1} END {m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%.1f [%.1f..%.1f]", m, v[1], v[NR]}'
+}
+median() { stat "$1" "$2" | cut -d' ' -f1; }
+loads() { for i in $(seq 1 "$REPS"); do grep -o 'load1=[0-9.]*' "$OUT_DIR/${1}_$i.meta" | cut -d= -f2; done | tr '\n' ' '; }
+
+# ---- 0. loopback baseline --------------------------------------------------------------------
+for i in $(seq 1 "$REPS"); do
+    l=$(load1)
+    timeout 60 "$BIN/ringmq-loadgen" --raw --cores "$BROKER_CPU,$LOADGEN_CPU" --warmup 1s \
+        --duration 3s --json "$OUT_DIR/raw_$i.json" >"$OUT_DIR/raw_$i.txt" 2>&1 || true
+    echo "load1=$l rc=0 broker_cpu_ms=0" >"$OUT_DIR/raw_$i.meta"
+    log "raw $i: $(jq -r '.raw.mb_per_s' "$OUT_DIR/raw_$i.json" 2>/dev/null) MB/s"
+done
+RAWM=$(median raw '.raw.mb_per_s')
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+
+FIRST_MODE=${MODES%% *}
+P='.results.produce'
+E='.results.end_to_end'
+
+# ---- a. tail reads at half the max produce rate -----------------------------------------------
+if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
+    rm -rf "$DATA_ROOT/data-tail"
+    start_broker tail "$DATA_ROOT/data-tail" "$FIRST_MODE"
+    lg create_tail 60 --topic tail --create-topic --partitions "$PARTITIONS" --producers 0 --consumers 0
+    for i in $(seq 1 "$REPS"); do
+        lg max_$i "$RUN_TIMEOUT" --topic tail --producers 1 --consumers 0 --rate max --acks 1 \
+            --warmup "$WARMUP" --duration "$DURATION"
+        log "max $i: $(jq -r "$P.mb_per_s" "$OUT_DIR/max_$i.json" 2>/dev/null) MB/s"
+    done
+    MAXREC=$(median max "$P.records_per_s")
+    HALF=$(awk -v m="$MAXREC" 'BEGIN {printf "%d", m / 2}')
+    for i in $(seq 1 "$REPS"); do
+        for c in 1 8; do
+            lg tail${c}_$i "$RUN_TIMEOUT" --topic tail --producers 1 --consumers "$c" \
+                --rate "$HALF" --acks 1 --linger-ms 0 --fetch-max-wait-ms 500 \
+                --warmup "$WARMUP" --duration "$LAT_DURATION"
+            log "tail $c consumers $i: e2e p99 $(jq -r "$E.latency.p99_us" "$OUT_DIR/tail${c}_$i.json" 2>/dev/null) us"
+        done
+    done
+    stop_broker
+    rm -rf "$DATA_ROOT/data-tail"
+fi
+
+# ---- b. catch-up read of a backlog after dropping the page cache --------------------------------
+if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
+    DATA="$DATA_ROOT/data-backlog"
+    rm -rf "$DATA"
+    start_broker fill "$DATA" "$FIRST_MODE"
+    lg create_backlog 60 --topic backlog --create-topic --partitions "$PARTITIONS" --producers 0 --consumers 0
+    # Closed loop until the backlog holds BACKLOG_BYTES of record values (in slices of at most
+    # 60 s, so one run's timeout stays short).
+    filled=0
+    k=0
+    slice_s=2 # the first slice measures the fill rate; later ones aim at what is left
+    while ((filled < BACKLOG_BYTES)); do
+        k=$((k + 1))
+        lg fill_$k "$RUN_TIMEOUT" --topic backlog --producers 2 --consumers 0 --rate max \
+            --acks 1 --warmup 0s --duration "${slice_s}s" --max-in-flight 16
+        got=$(jq -r '.results.counts.acknowledged // 0' "$OUT_DIR/fill_$k.json" 2>/dev/null || echo 0)
+        ((got > 0)) || {
+            say "ABORTED: the backlog fill acknowledged nothing (see $OUT_DIR/fill_$k.txt)"
+            exit 3
+        }
+        filled=$((filled + got * 1024))
+        # Aim at 3/4 of what is left at the last slice's rate (the rate grows as the
+        # producers warm up, so aiming at all of it overshot by half).
+        slice_s=$(awk -v left=$((BACKLOG_BYTES - filled)) -v rate=$((got * 1024 / slice_s)) \
+            'BEGIN {s = int(0.75 * left / rate) + 1; print (s > 60) ? 60 : s}')
+        log "backlog: $filled of $BACKLOG_BYTES bytes"
+    done
+    stop_broker
+    say "backlog: $filled bytes of record values in $PARTITIONS partitions; on disk $(du -sh "$DATA" | cut -f1)"
+    for i in $(seq 1 "$REPS"); do
+        for mode in $MODES; do
+            dropped=$(drop_caches)
+            start_broker "catchup-$mode-$i" "$DATA" "$mode"
+            lg catchup_${mode}_$i "$((CATCHUP_LIMIT_S + 60))" --topic backlog --producers 0 \
+                --consumers 1 --from earliest --until-end --warmup 0s \
+                --duration "${CATCHUP_LIMIT_S}s" --fetch-max-bytes "$CATCHUP_FETCH_BYTES"
+            stop_broker
+            log "catch-up $mode $i (page cache $dropped): $(jq -r '.results.consume.mb_per_s' "$OUT_DIR/catchup_${mode}_$i.json" 2>/dev/null) MB/s ($(cat "$OUT_DIR/catchup_${mode}_$i.meta"))"
+        done
+    done
+    # ---- c. appends on the same core while a catch-up read runs ------------------------------
+    # Open-loop acks=1 produce at SIDE_RATE into another topic of the same shard, alone and
+    # then during a catch-up read of the backlog (page cache dropped first): the difference
+    # in produce latency is what the backlog read costs the appends.
+    for mode in $MODES; do
+        dropped=$(drop_caches)
+        start_broker "side-$mode" "$DATA" "$mode"
+        lg create_side_$mode 60 --topic "side-$mode" --create-topic --partitions 4 --producers 0 --consumers 0
+        for i in $(seq 1 "$REPS"); do
+            lg sidealone_${mode}_$i "$RUN_TIMEOUT" --topic "side-$mode" --producers 1 --consumers 0 \
+                --rate "$SIDE_RATE" --acks 1 --linger-ms 0 --warmup 1s --duration "$SIDE_DURATION"
+        done
+        lg sidecatchup_${mode} "$((CATCHUP_LIMIT_S + 60))" --topic backlog --producers 0 \
+            --consumers 1 --from earliest --until-end --warmup 0s \
+            --duration "${CATCHUP_LIMIT_S}s" --fetch-max-bytes "$CATCHUP_FETCH_BYTES" &
+        CPID=$!
+        sleep 2 # the catch-up read is under way
+        for i in $(seq 1 "$REPS"); do
+            # Only while the catch-up is still reading (a run that started after it ended
+            # would measure appends alone).
+            kill -0 "$CPID" 2>/dev/null || break
+            lg sideduring_${mode}_$i "$RUN_TIMEOUT" --topic "side-$mode" --producers 1 --consumers 0 \
+                --rate "$SIDE_RATE" --acks 1 --linger-ms 0 --warmup 1s --duration "$SIDE_DURATION"
+        done
+        still=$(kill -0 "$CPID" 2>/dev/null && echo "still reading" || echo "ALREADY DONE (figures overlap only partly)")
+        wait "$CPID" || true
+        stop_broker
+        log "side $mode: alone p99 $(median sidealone_$mode "$P.latency.p99_us") us, during catch-up p99 $(median sideduring_$mode "$P.latency.p99_us") us (catch-up $still at the end)"
+        echo "$still" >"$OUT_DIR/sidestate_$mode"
+    done
+    rm -rf "$DATA"
+fi
+
+# ---- summary ---------------------------------------------------------------------------------
+say ""
+say "figures: median [min..max] over $REPS runs; load1 = 1-minute load average at each run's start. NOISY: shared machine."
+say "raw loopback TCP: $(stat raw '.raw.mb_per_s') MB/s (load1 $(loads raw))"
+if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
+    say "max produce, acks=1, $PARTITIONS partitions: $(stat max "$P.mb_per_s") MB/s, $(stat max "$P.records_per_s") rec/s (load1 $(loads max))"
+    say "tail reads at half the max rate ($HALF rec/s), acks=1, end-to-end latency (us):"
+    for c in 1 8; do
+        say "  $c consumer(s): p50 $(stat tail$c "$E.latency.p50_us")  p99 $(stat tail$c "$E.latency.p99_us")  p99.9 $(stat tail$c "$E.latency.p999_us")  consumed $(stat tail$c "$E.mb_per_s") MB/s (load1 $(loads tail$c))"
+    done
+    P99=$(median tail1 "$E.latency.p99_us")
+    P99_8=$(median tail8 "$E.latency.p99_us")
+    say "  target tail e2e p99 <= 1000 us: 1 consumer $P99 us, 8 consumers $P99_8 us -> $(awk -v a="$P99" -v b="$P99_8" 'BEGIN {print (a <= 1000 && b <= 1000) ? "MET" : "MISSED"}')"
+fi
+if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
+    say "catch-up read of the backlog after dropping the page cache (1 consumer, from earliest):"
+    for mode in $MODES; do
+        cpu_per_gib=$(for i in $(seq 1 "$REPS"); do
+            c=$(sed -E 's/.*broker_cpu_ms=([0-9-]+).*/\1/' "$OUT_DIR/catchup_${mode}_$i.meta")
+            b=$(jq -r '.results.consume.bytes // 0' "$OUT_DIR/catchup_${mode}_$i.json" 2>/dev/null || echo 0)
+            awk -v c="$c" -v b="$b" 'BEGIN {if (b > 0) printf "%.2f\n", c / 1000 / (b / 1073741824)}'
+        done | sort -g | awk '{v[NR]=$1} END {if (NR) printf "%.2f [%.2f..%.2f]", v[int((NR+1)/2)], v[1], v[NR]; else printf "n/a"}')
+        M=$(median "catchup_$mode" '.results.consume.mb_per_s')
+        waits=$(for i in $(seq 1 "$REPS"); do grep -o 'broker_runq_wait_ms=[0-9-]*' "$OUT_DIR/catchup_${mode}_$i.meta" | cut -d= -f2; done | tr '\n' ' ')
+        say "  $mode: $(stat "catchup_$mode" '.results.consume.mb_per_s') MB/s, ratio to loopback $(ratio "$M" "$RAWM"), broker CPU s/GiB $cpu_per_gib (load1 $(loads "catchup_$mode"); broker run-queue wait ms $waits)"
+    done
+    say "  target catch-up >= 0.8 of loopback"
+    say "appends on the same core (acks=1, $SIDE_RATE rec/s open loop, 4 partitions), produce latency us, alone vs during a catch-up read:"
+    for mode in $MODES; do
+        say "  $mode: alone p50 $(stat sidealone_$mode "$P.latency.p50_us") p99 $(stat sidealone_$mode "$P.latency.p99_us") | during p50 $(stat sideduring_$mode "$P.latency.p50_us") p99 $(stat sideduring_$mode "$P.latency.p99_us") (load1 $(loads sideduring_$mode); catch-up $(cat "$OUT_DIR/sidestate_$mode" 2>/dev/null) when the last run ended)"
+    done
+fi
+say "uptime at end: $(uptime)"
+say "benchmark time: ${SECONDS}s (after the build); reports in $OUT_DIR"
