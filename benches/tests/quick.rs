@@ -38,6 +38,10 @@ fn engine_append_quick_mode_runs_and_reports_every_configuration() {
         assert!(*f > 0.0 && *z > 0.0, "raw baseline for {b} B is empty");
     }
     assert!(
+        report.raw_engine_shape_mb_per_s > 0.0,
+        "raw baseline with the engine's write shape is empty"
+    );
+    assert!(
         report.bare_fsync.p99 > 0.0,
         "bare fdatasync baseline is empty"
     );
