@@ -314,6 +314,23 @@ impl Shard {
         }))
     }
 
+    /// Largest record timestamp among the readable batches of `queue` (None when it has none):
+    /// with [`Shard::offset_for_timestamp`] it finds the record Kafka's ListOffsets
+    /// "max timestamp" asks for.
+    pub fn max_timestamp(&self, queue: QueueId) -> Result<Option<i64>, EngineError> {
+        let st = self.inner.state.borrow();
+        let Some(q) = st.queues.get(&queue) else {
+            return Ok(None);
+        };
+        if q.deleted {
+            return Err(EngineError::QueueDeleted(queue));
+        }
+        let visible = q.visible_len(self.inner.gc.written());
+        Ok(visible
+            .checked_sub(1)
+            .map(|last| q.slots[last].prefix_max_ts))
+    }
+
     /// Queues that hold (or held) data on this shard and are not deleted, sorted.
     pub fn queues(&self) -> Vec<QueueId> {
         let st = self.inner.state.borrow();

@@ -144,6 +144,34 @@ fn append_assigns_dense_offsets_and_reads_back() {
 }
 
 #[test]
+fn max_timestamp_is_the_largest_of_the_readable_batches() {
+    run(|| async {
+        let io = MemStorage::new();
+        let s = open(&cfg("/mt"), &io).await;
+        let q = QueueId(3);
+        assert_eq!(s.max_timestamp(q).unwrap(), None);
+        // Timestamps out of order across batches: the maximum sits in the middle batch.
+        for (n, ts) in [(2, 100), (3, 500), (1, 300)] {
+            s.append(q, batch(n, ts, -1, -1, 10), Durability::Written)
+                .await
+                .unwrap();
+        }
+        // Records of the middle batch carry 500, 501, 502.
+        assert_eq!(s.max_timestamp(q).unwrap(), Some(502));
+        assert_eq!(
+            s.offset_for_timestamp(q, 502).await.unwrap(),
+            Some((Offset(2), 502))
+        );
+        s.delete_queue(q).await.unwrap();
+        assert!(matches!(
+            s.max_timestamp(q),
+            Err(EngineError::QueueDeleted(_))
+        ));
+        s.close().await.unwrap();
+    });
+}
+
+#[test]
 fn reads_from_disk_match_reads_from_the_cache() {
     run(|| async {
         let io = MemStorage::new();
