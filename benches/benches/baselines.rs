@@ -40,14 +40,27 @@ async fn run_all(dir: PathBuf, quick: bool) {
         total_bytes >> 20
     );
     // RINGMQ_BENCH_RAW_MIB=0 skips the raw section (fdatasync figures only).
-    let layouts: &[FileLayout] = if total_bytes == 0 {
-        &[]
-    } else {
-        &FileLayout::ALL
+    // RINGMQ_BENCH_RAW_KIB="256,1024", RINGMQ_BENCH_RAW_DEPTHS="1,2,4,8" and
+    // RINGMQ_BENCH_RAW_LAYOUTS="fallocated,zeroed" narrow the sweep.
+    let list = |name: &str, default: &[usize]| -> Vec<usize> {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.split(',').map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| default.to_vec())
     };
-    for &layout in layouts {
-        for write_bytes in [16 << 10, 256 << 10, 1 << 20] {
-            for in_flight in [1, 4, 16] {
+    let sizes_kib = list("RINGMQ_BENCH_RAW_KIB", &[16, 256, 1024]);
+    let depths = list("RINGMQ_BENCH_RAW_DEPTHS", &[1, 4, 16]);
+    let layouts: Vec<FileLayout> = match std::env::var("RINGMQ_BENCH_RAW_LAYOUTS") {
+        _ if total_bytes == 0 => Vec::new(),
+        Ok(v) => FileLayout::ALL
+            .into_iter()
+            .filter(|l| v.split(',').any(|n| n.trim() == l.name()))
+            .collect(),
+        Err(_) => FileLayout::ALL.to_vec(),
+    };
+    for &layout in &layouts {
+        for write_bytes in sizes_kib.iter().map(|k| k << 10) {
+            for &in_flight in &depths {
                 raw_row(
                     &dir,
                     RawWriteSpec {
@@ -80,6 +93,39 @@ async fn run_all(dir: PathBuf, quick: bool) {
             l.p99,
             l.p999,
             l.max
+        );
+    }
+    // RINGMQ_BENCH_OVERLAP_WRITERS="1,2,3,4": write+fdatasync loops side by side on one file.
+    let writers: Vec<usize> = std::env::var("RINGMQ_BENCH_OVERLAP_WRITERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|k| k.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 3, 4]);
+    println!("overlapping fdatasyncs: n tasks each looping 4 KiB write + fdatasync on one file, {pairs} pairs in all, median of {reps}:");
+    for n in writers.into_iter().filter(|&n| n > 0) {
+        let mut runs = Vec::new();
+        let (mut rates, mut ooo, mut waits) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let o = fsync::overlapping_write_fdatasync(&dir, n, pairs / n)
+                .await
+                .expect("overlap loop");
+            runs.push(LatencyUs::of(&o.latency));
+            rates.push(o.pairs_per_s);
+            ooo.push(o.out_of_order as f64);
+            if !o.prefix_wait.is_empty() {
+                waits.push(LatencyUs::of(&o.prefix_wait));
+            }
+        }
+        let l = LatencyUs::median_of(&runs);
+        // NaN when no fdatasync ever overtook an earlier one.
+        let w = LatencyUs::median_of(&waits);
+        println!(
+            "  n={n}: pair p50={:>6.0} p99={:>6.0} us  pairs/s={:>7.0}  out-of-order completions={:.0}, each waiting for the earlier ones p50={:.0} p99={:.0} us",
+            l.p50,
+            l.p99,
+            median(&rates),
+            median(&ooo),
+            w.p50,
+            w.p99,
         );
     }
     let rounds = if quick { 30 } else { 1000 };

@@ -1,5 +1,7 @@
 //! `cargo bench -p ringmq-benches --bench engine_append` (full: a few minutes of disk writes)
 //! `RINGMQ_BENCH_QUICK=1 cargo bench -p ringmq-benches --bench engine_append` (seconds).
+//! `RINGMQ_BENCH_BATCH_KIB=16 RINGMQ_BENCH_QUEUES=64 RINGMQ_BENCH_ACKS=durable RINGMQ_BENCH_REPS=5`
+//! narrow a run to one configuration; `RINGMQ_BENCH_MIB=64` shortens each run.
 //! Files go to a temp dir under `RINGMQ_BENCH_DIR` (default: the current directory, so the
 //! disk measured is the one the data would live on, not a tmpfs).
 
@@ -9,6 +11,13 @@ use ringmq_benches::{executor, quick_mode_requested};
 fn main() {
     let quick = quick_mode_requested();
     let plan = if quick { Plan::quick() } else { Plan::full() };
+    let plan = match plan.with_env_overrides() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("engine_append: {e}");
+            std::process::exit(2);
+        }
+    };
     let dir = tempfile::Builder::new()
         .prefix("ringmq-bench-append")
         .tempdir_in(std::env::var_os("RINGMQ_BENCH_DIR").unwrap_or_else(|| ".".into()))

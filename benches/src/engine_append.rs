@@ -29,6 +29,11 @@ pub const BATCH_POOL: usize = 16;
 pub const MAX_BATCH_BYTES: u32 = 1 << 20;
 /// Writes the raw baseline keeps in flight ("several").
 pub const RAW_IN_FLIGHT: usize = 8;
+/// The engine's own write shape, for a like-for-like raw figure: its staging chunk (the size of
+/// every whole-chunk write, `WRITE_CHUNK_BYTES` in engine/src/log/appender.rs), issued
+/// [`RAW_IN_FLIGHT`] at a time (`MAX_WRITES_IN_FLIGHT` in engine/src/commit.rs). Of 8 x 1 MiB
+/// buffers only about 3 fit in the executor's registered I/O memory, as in the engine.
+pub const ENGINE_WRITE_BYTES: usize = 1 << 20;
 
 /// Sizes of one benchmark run.
 #[derive(Debug, Clone)]
@@ -39,8 +44,23 @@ pub struct Plan {
     pub appenders: usize,
     pub batch_sizes: Vec<usize>,
     pub queue_counts: Vec<u32>,
+    pub durabilities: Vec<Durability>,
     pub bare_fsync_pairs: usize,
 }
+
+/// Environment variables that narrow a plan to a subset (comma-separated lists), so that
+/// before/after comparisons of one configuration take seconds, not minutes.
+pub const BATCH_KIB_ENV: &str = "RINGMQ_BENCH_BATCH_KIB";
+pub const QUEUES_ENV: &str = "RINGMQ_BENCH_QUEUES";
+/// `written`, `durable` or both.
+pub const ACKS_ENV: &str = "RINGMQ_BENCH_ACKS";
+pub const REPS_ENV: &str = "RINGMQ_BENCH_REPS";
+/// MiB appended per engine run (and written per raw run); a multiple of 1 MiB.
+pub const MIB_ENV: &str = "RINGMQ_BENCH_MIB";
+/// Most MiB per run a plan may ask for.
+pub const MAX_MIB_PER_RUN: u64 = 16 << 10;
+/// Most repetitions a plan may ask for.
+pub const MAX_REPETITIONS: usize = 50;
 
 impl Plan {
     pub fn full() -> Plan {
@@ -51,8 +71,52 @@ impl Plan {
             appenders: 64,
             batch_sizes: vec![16 << 10, 256 << 10],
             queue_counts: vec![1, 64, 10_000],
+            durabilities: vec![Durability::Written, Durability::Durable],
             bare_fsync_pairs: 1000,
         }
+    }
+
+    /// This plan narrowed by [`BATCH_KIB_ENV`], [`QUEUES_ENV`], [`ACKS_ENV`] and [`REPS_ENV`]
+    /// where they are set.
+    pub fn with_env_overrides(mut self) -> Result<Plan, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        if let Some(v) = var(BATCH_KIB_ENV) {
+            self.batch_sizes = parse_list::<usize>(BATCH_KIB_ENV, &v)?
+                .into_iter()
+                .map(|k| k << 10)
+                .collect();
+        }
+        if let Some(v) = var(QUEUES_ENV) {
+            self.queue_counts = parse_list(QUEUES_ENV, &v)?;
+        }
+        if let Some(v) = var(ACKS_ENV) {
+            self.durabilities = v
+                .split(',')
+                .map(|a| match a.trim() {
+                    "written" => Ok(Durability::Written),
+                    "durable" => Ok(Durability::Durable),
+                    other => Err(format!("{ACKS_ENV}: unknown ack {other:?}")),
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = var(MIB_ENV) {
+            let mib: u64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|m| (1..=MAX_MIB_PER_RUN).contains(m))
+                .ok_or_else(|| format!("{MIB_ENV}: want 1..={MAX_MIB_PER_RUN}, got {v:?}"))?;
+            self.bytes_per_run = mib << 20;
+        }
+        if let Some(v) = var(REPS_ENV) {
+            self.repetitions = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|r| (1..=MAX_REPETITIONS).contains(r))
+                .ok_or_else(|| format!("{REPS_ENV}: want 1..={MAX_REPETITIONS}, got {v:?}"))?;
+        }
+        Ok(self)
     }
 
     /// Seconds, not minutes: keeps the benchmark compiling and running under `cargo test`.
@@ -75,6 +139,8 @@ pub struct Row {
     pub queues: u32,
     pub mb_per_s: f64,
     pub latency: Option<LatencyUs>,
+    /// CPU time of the executor thread over the run's wall time (1.0 = one core saturated).
+    pub cpu_busy: f64,
 }
 
 /// Everything one benchmark run measured.
@@ -82,8 +148,31 @@ pub struct Row {
 pub struct Report {
     /// Per batch size: (raw MB/s into a fallocated file, raw MB/s into a zero-filled file).
     pub raw_mb_per_s: Vec<(usize, f64, f64)>,
+    /// Raw MB/s into a fallocated file with the engine's write shape ([`ENGINE_WRITE_BYTES`]).
+    pub raw_engine_shape_mb_per_s: f64,
     pub bare_fsync: LatencyUs,
     pub rows: Vec<Row>,
+    /// Durable appends paced open loop at [`OPEN_LOOP_LOAD`] of the closed-loop Durable
+    /// throughput, one per batch size.
+    pub open_loop: Vec<OpenLoopRow>,
+}
+
+/// Fraction of the closed-loop Durable throughput the open-loop run offers: latency targets
+/// are about a loaded engine, not a saturated one (a saturated closed loop only measures its
+/// own queue: by Little's law its mean latency is the bytes outstanding over the throughput).
+pub const OPEN_LOOP_LOAD: f64 = 0.5;
+
+/// One open-loop Durable run's medians.
+#[derive(Debug, Clone)]
+pub struct OpenLoopRow {
+    pub batch_bytes: usize,
+    pub queues: u32,
+    /// Offered rate.
+    pub offered_mb_per_s: f64,
+    /// Achieved rate (below the offered one when the engine could not keep up).
+    pub mb_per_s: f64,
+    /// From each append's scheduled start, not its actual start (no coordinated omission).
+    pub latency: LatencyUs,
 }
 
 impl Report {
@@ -126,6 +215,14 @@ impl Report {
                 ),
             );
         }
+        line(
+            &mut out,
+            format!(
+                "raw O_DIRECT {:>3} KiB x{RAW_IN_FLIGHT} in flight (the engine's write shape): fallocated {:>6.0} MB/s",
+                ENGINE_WRITE_BYTES >> 10,
+                self.raw_engine_shape_mb_per_s
+            ),
+        );
         let bare = self.bare_fsync;
         line(
             &mut out,
@@ -139,7 +236,7 @@ impl Report {
         );
         line(
             &mut out,
-            "batch    durability queues    MB/s  /raw(falloc) /raw(zeroed)  p50/p99/p99.9 us"
+            "batch    durability queues    MB/s  /raw(falloc) /raw(zeroed)  cpu  p50/p99/p99.9 us"
                 .into(),
         );
         for r in &self.rows {
@@ -150,13 +247,29 @@ impl Report {
             line(
                 &mut out,
                 format!(
-                    "{:>3} KiB  {:<10} {:>6}  {:>6.0}  {:>12.2} {:>12.2}  {lat}",
+                    "{:>3} KiB  {:<10} {:>6}  {:>6.0}  {:>12.2} {:>12.2}  {:>3.0}%  {lat}",
                     r.batch_bytes >> 10,
                     format!("{:?}", r.durability),
                     r.queues,
                     r.mb_per_s,
                     r.mb_per_s / f,
-                    r.mb_per_s / z
+                    r.mb_per_s / z,
+                    r.cpu_busy * 100.0
+                ),
+            );
+        }
+        for o in &self.open_loop {
+            line(
+                &mut out,
+                format!(
+                    "{:>3} KiB  Durable open loop {} queues: offered {:.0} MB/s ({OPEN_LOOP_LOAD} x closed loop), achieved {:.0} MB/s, p50/p99/p99.9 {:.0}/{:.0}/{:.0} us",
+                    o.batch_bytes >> 10,
+                    o.queues,
+                    o.offered_mb_per_s,
+                    o.mb_per_s,
+                    o.latency.p50,
+                    o.latency.p99,
+                    o.latency.p999
                 ),
             );
         }
@@ -217,8 +330,31 @@ impl Report {
                 }
             }
         }
+        for o in &self.open_loop {
+            line(
+                &mut out,
+                format!(
+                    "  {} KiB Durable open loop at {OPEN_LOOP_LOAD} x max, {} queues: p99 {:.0} us = {:.2} x bare p99 (target <= 3): {}",
+                    o.batch_bytes >> 10,
+                    o.queues,
+                    o.latency.p99,
+                    o.latency.p99 / bare.p99,
+                    if o.latency.p99 <= 3.0 * bare.p99 { "MET" } else { "MISSED" }
+                ),
+            );
+        }
         out
     }
+}
+
+fn parse_list<T: std::str::FromStr>(name: &str, v: &str) -> Result<Vec<T>, String> {
+    v.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .map_err(|_| format!("{name}: cannot parse {x:?}"))
+        })
+        .collect()
 }
 
 fn target(what: String, ratio: f64, ratio_alt: f64, goal: f64) -> String {
@@ -229,16 +365,19 @@ fn target(what: String, ratio: f64, ratio_alt: f64, goal: f64) -> String {
 /// Runs the whole plan in `dir` (inside a glommio executor) and returns the medians.
 pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
     let mut raw_mb_per_s = Vec::new();
+    let mut engine_shape = Vec::new();
     let mut rows = Vec::new();
     let mut bare_runs = Vec::new();
+    let mut open_loop = Vec::new();
     for &batch_bytes in &plan.batch_sizes {
         let mut falloc = Vec::new();
         let mut zeroed = Vec::new();
         let pool = build_pool(batch_bytes);
-        let mut per_config: Vec<(Durability, u32, Vec<f64>, Vec<LatencyUs>)> = Vec::new();
-        for durability in [Durability::Written, Durability::Durable] {
+        type PerConfig = (Durability, u32, Vec<f64>, Vec<LatencyUs>, Vec<f64>);
+        let mut per_config: Vec<PerConfig> = Vec::new();
+        for &durability in &plan.durabilities {
             for &q in &plan.queue_counts {
-                per_config.push((durability, q, Vec::new(), Vec::new()));
+                per_config.push((durability, q, Vec::new(), Vec::new(), Vec::new()));
             }
         }
         for _ in 0..plan.repetitions {
@@ -246,6 +385,15 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
             falloc
                 .push(raw_mb(dir, batch_bytes, plan.bytes_per_run, FileLayout::Fallocated).await?);
             zeroed.push(raw_mb(dir, batch_bytes, plan.bytes_per_run, FileLayout::Zeroed).await?);
+            engine_shape.push(
+                raw_mb(
+                    dir,
+                    ENGINE_WRITE_BYTES,
+                    plan.bytes_per_run,
+                    FileLayout::Fallocated,
+                )
+                .await?,
+            );
             let h = fsync::write_fdatasync_latency(
                 dir,
                 FsyncPattern::AppendPreallocated,
@@ -254,18 +402,52 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
             .await
             .map_err(|e| format!("bare fdatasync loop: {e}"))?;
             bare_runs.push(LatencyUs::of(&h));
-            for (durability, q, mbs, lats) in per_config.iter_mut() {
-                let (t, h) = append_run(dir, plan, &pool, *durability, *q)
+            for (durability, q, mbs, lats, cpus) in per_config.iter_mut() {
+                let (t, h, cpu) = append_run(dir, plan, &pool, *durability, *q, None)
                     .await
                     .map_err(|e| {
                         format!("engine run ({batch_bytes} B, {durability:?}, {q} queues): {e}")
                     })?;
                 mbs.push(t.mb_per_s());
                 lats.push(LatencyUs::of(&h));
+                cpus.push(cpu.as_secs_f64() / t.elapsed.as_secs_f64().max(1e-9));
             }
         }
         raw_mb_per_s.push((batch_bytes, median(&falloc), median(&zeroed)));
-        for (durability, queues, mbs, lats) in per_config {
+        // Open loop at a fraction of the closed-loop Durable rate, with the most queues that
+        // ran Durable (the hardest case for the index).
+        let closed = per_config
+            .iter()
+            .filter(|c| c.0 == Durability::Durable)
+            .max_by_key(|c| c.1)
+            .map(|c| (c.1, median(&c.2)));
+        if let Some((queues, closed_mb_s)) = closed {
+            let offered = closed_mb_s * OPEN_LOOP_LOAD;
+            let mut mbs = Vec::new();
+            let mut lats = Vec::new();
+            for _ in 0..plan.repetitions {
+                let (t, h, _) = append_run(
+                    dir,
+                    plan,
+                    &pool,
+                    Durability::Durable,
+                    queues,
+                    Some(offered * 1e6),
+                )
+                .await
+                .map_err(|e| format!("open-loop run ({batch_bytes} B): {e}"))?;
+                mbs.push(t.mb_per_s());
+                lats.push(LatencyUs::of(&h));
+            }
+            open_loop.push(OpenLoopRow {
+                batch_bytes,
+                queues,
+                offered_mb_per_s: offered,
+                mb_per_s: median(&mbs),
+                latency: LatencyUs::median_of(&lats),
+            });
+        }
+        for (durability, queues, mbs, lats, cpus) in per_config {
             let latency = (durability == Durability::Durable).then(|| LatencyUs::median_of(&lats));
             rows.push(Row {
                 batch_bytes,
@@ -273,14 +455,31 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
                 queues,
                 mb_per_s: median(&mbs),
                 latency,
+                cpu_busy: median(&cpus),
             });
         }
     }
     Ok(Report {
         raw_mb_per_s,
+        raw_engine_shape_mb_per_s: median(&engine_shape),
         bare_fsync: LatencyUs::median_of(&bare_runs),
         rows,
+        open_loop,
     })
+}
+
+/// CPU time (user + system) the calling thread has used so far.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the struct we pass.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 async fn raw_mb(
@@ -324,14 +523,26 @@ pub fn build_pool(batch_bytes: usize) -> Vec<Bytes> {
 }
 
 /// One engine run on a fresh shard: `plan.appenders` tasks append until `bytes_per_run` bytes
-/// were claimed. Returns the throughput and every append's latency (us).
+/// were claimed. Returns the throughput, every append's latency (us) and the CPU time the
+/// executor thread used in the timed window.
+///
+/// `pace_bytes_per_s`: None is a closed loop (each appender appends again as soon as its
+/// append resolves). Some(rate) is an open loop: append number n is scheduled at
+/// `n × mean batch / rate` after the start, the appenders take the schedule in turn, and each
+/// latency counts from the scheduled time, so an engine that falls behind is charged for
+/// the wait it caused.
 pub async fn append_run(
     dir: &Path,
     plan: &Plan,
     pool: &[Bytes],
     durability: Durability,
     queues: u32,
-) -> Result<(Throughput, Histogram<u64>), EngineError> {
+    pace_bytes_per_s: Option<f64>,
+) -> Result<(Throughput, Histogram<u64>, Duration), EngineError> {
+    let mean_batch = pool.iter().map(|b| b.len() as f64).sum::<f64>() / pool.len().max(1) as f64;
+    let interval = pace_bytes_per_s
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(mean_batch / r));
     let shard_dir = fresh_dir(dir);
     let config = ShardConfig {
         dir: shard_dir.clone(),
@@ -343,6 +554,7 @@ pub async fn append_run(
     let claimed = Rc::new(Cell::new(0u64));
     let next_append = Rc::new(Cell::new(0u64));
     let started = Instant::now();
+    let cpu_started = thread_cpu_time();
     let tasks: Vec<_> = (0..plan.appenders)
         .map(|_| {
             let (shard, claimed, next_append) =
@@ -357,7 +569,17 @@ pub async fn append_run(
                     let batch = pool[(n % pool.len() as u64) as usize].clone();
                     claimed.set(claimed.get() + batch.len() as u64);
                     let queue = QueueId((n % u64::from(queues)) as u32);
-                    let t0 = Instant::now();
+                    let t0 = match interval {
+                        Some(every) => {
+                            let due = started + every.mul_f64(n as f64);
+                            let now = Instant::now();
+                            if due > now {
+                                glommio::timer::sleep(due - now).await;
+                            }
+                            due
+                        }
+                        None => Instant::now(),
+                    };
                     shard.append(queue, batch, durability).await?;
                     hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
                 }
@@ -376,6 +598,7 @@ pub async fn append_run(
         }
     }
     let elapsed: Duration = started.elapsed();
+    let cpu = thread_cpu_time().saturating_sub(cpu_started);
     let closed = shard.close().await;
     drop(shard);
     let _ = std::fs::remove_dir_all(&shard_dir);
@@ -389,6 +612,7 @@ pub async fn append_run(
             elapsed,
         },
         hist,
+        cpu,
     ))
 }
 

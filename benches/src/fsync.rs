@@ -123,3 +123,116 @@ pub async fn group_commit_latency(
     let _ = std::fs::remove_file(&path);
     Ok(hist)
 }
+
+/// What [`overlapping_write_fdatasync`] measured.
+#[derive(Debug)]
+pub struct Overlap {
+    /// Latency of each write+fdatasync pair (us).
+    pub latency: Histogram<u64>,
+    pub pairs_per_s: f64,
+    /// fdatasyncs that completed after one started later than them had completed.
+    pub out_of_order: u64,
+    /// For each fdatasync that completed before an earlier-started one: how long until every
+    /// earlier-started one had completed too (us), i.e. what counting only the completed
+    /// prefix of syncs costs it.
+    pub prefix_wait: Histogram<u64>,
+}
+
+/// `writers` tasks each loop on a 4 KiB O_DIRECT write then an fdatasync, all on one
+/// preallocated file, so up to `writers` fdatasyncs are in flight together (as with the
+/// engine's pipelined group commit). Shows whether the kernel runs overlapping fdatasyncs in
+/// parallel, serialises them, or merges their device flushes, and whether they complete in
+/// the order they started.
+pub async fn overlapping_write_fdatasync(
+    dir: &Path,
+    writers: usize,
+    pairs_per_writer: usize,
+) -> io::Result<Overlap> {
+    use std::cell::{Cell, RefCell};
+    let path = dir.join(format!("overlap-{writers}-{}.dat", std::process::id()));
+    let file = Rc::new(DmaFile::create(&path).await?);
+    let total = ((pairs_per_writer + WARMUP_PAIRS) * writers * BARE_WRITE_BYTES) as u64;
+    file.pre_allocate(total, false).await?;
+    let next_pos = Rc::new(Cell::new(0u64));
+    let next_sync = Rc::new(Cell::new(0u64));
+    let newest_done = Rc::new(Cell::new(None::<u64>));
+    let out_of_order = Rc::new(Cell::new(0u64));
+    let hist = Rc::new(RefCell::new(latency_histogram()));
+    // Completion time of each fdatasync, by start sequence number.
+    let done_at = Rc::new(RefCell::new(Vec::<Option<Instant>>::new()));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (file, next_pos, next_sync) = (file.clone(), next_pos.clone(), next_sync.clone());
+            let (newest_done, out_of_order, hist, done_at) = (
+                newest_done.clone(),
+                out_of_order.clone(),
+                hist.clone(),
+                done_at.clone(),
+            );
+            glommio::spawn_local(async move {
+                let mut buf = file.alloc_dma_buffer(BARE_WRITE_BYTES);
+                crate::raw::fill_pattern(buf.as_bytes_mut(), w as u64);
+                let buf = Rc::new(buf);
+                for i in 0..pairs_per_writer + WARMUP_PAIRS {
+                    let t0 = Instant::now();
+                    let pos = next_pos.get();
+                    next_pos.set(pos + BARE_WRITE_BYTES as u64);
+                    file.write_rc_at(buf.clone(), pos).await?;
+                    let seq = next_sync.get();
+                    next_sync.set(seq + 1);
+                    file.fdatasync().await?;
+                    {
+                        let mut d = done_at.borrow_mut();
+                        if d.len() <= seq as usize {
+                            d.resize(seq as usize + 1, None);
+                        }
+                        d[seq as usize] = Some(Instant::now());
+                    }
+                    if newest_done.get().is_some_and(|n| n > seq) {
+                        out_of_order.set(out_of_order.get() + 1);
+                    }
+                    newest_done.set(Some(newest_done.get().map_or(seq, |n| n.max(seq))));
+                    if i >= WARMUP_PAIRS {
+                        let us = t0.elapsed().as_micros() as u64;
+                        hist.borrow_mut().saturating_record(us.max(1));
+                    }
+                }
+                Ok::<_, io::Error>(())
+            })
+        })
+        .collect();
+    let mut first_error = None;
+    for t in tasks {
+        if let Err(e) = t.await {
+            first_error.get_or_insert(e);
+        }
+    }
+    let elapsed = started.elapsed();
+    drop(Rc::try_unwrap(file).map(|f| f.close()));
+    let _ = std::fs::remove_file(&path);
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // Walk completions in start order: a sync waits for the latest completion before it.
+    let mut prefix_wait = latency_histogram();
+    let mut latest: Option<Instant> = None;
+    for t in done_at.borrow().iter().flatten() {
+        match latest {
+            Some(l) if l > *t => {
+                prefix_wait.saturating_record(((l - *t).as_micros() as u64).max(1));
+            }
+            _ => latest = Some(*t),
+        }
+    }
+    let latency = Rc::try_unwrap(hist)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|h| h.borrow().clone());
+    Ok(Overlap {
+        latency,
+        pairs_per_s: ((pairs_per_writer + WARMUP_PAIRS) * writers) as f64
+            / elapsed.as_secs_f64().max(1e-9),
+        out_of_order: out_of_order.get(),
+        prefix_wait,
+    })
+}

@@ -6,6 +6,7 @@
 //! shared virtual disk absolute figures drift by 2x between minutes; ratios drift far less.
 
 pub mod engine_append;
+pub mod engine_checkpoint;
 pub mod executor;
 pub mod fsync;
 pub mod raw;

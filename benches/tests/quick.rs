@@ -34,9 +34,24 @@ fn engine_append_quick_mode_runs_and_reports_every_configuration() {
             );
         }
     }
+    assert_eq!(
+        report.open_loop.len(),
+        plan.batch_sizes.len(),
+        "one open-loop row per batch size"
+    );
+    for o in &report.open_loop {
+        assert!(
+            o.mb_per_s > 0.0 && o.offered_mb_per_s > 0.0 && o.latency.p50 <= o.latency.p99,
+            "open-loop row {o:?}"
+        );
+    }
     for (b, f, z) in &report.raw_mb_per_s {
         assert!(*f > 0.0 && *z > 0.0, "raw baseline for {b} B is empty");
     }
+    assert!(
+        report.raw_engine_shape_mb_per_s > 0.0,
+        "raw baseline with the engine's write shape is empty"
+    );
     assert!(
         report.bare_fsync.p99 > 0.0,
         "bare fdatasync baseline is empty"

@@ -6,40 +6,47 @@
 //! ```text
 //!  1 snapshot the state at log position L (no await: offsets, index and producers agree)
 //!  2 commit log durable up to L (group commit's fdatasync)
-//!  3 new index entries appended to each queue's index file, each file fdatasync'd
+//!  3 the new index records appended to each segment index file they belong to (usually one or
+//!    two files, whatever the number of queues): one write and one fdatasync per file; the
+//!    directory synced if a file was created
 //!  4 checkpoint.tmp written, fdatasync'd, renamed over `checkpoint`, directory fsync'd
 //! ```
 //!
 //! Crash at any step: the previous checkpoint stays valid (index files only grew beyond what it
-//! counts; its CRC and counts ignore the extra bytes). A failed write or fdatasync here poisons
+//! counts; its CRCs and counts ignore the extra bytes). A failed write or fdatasync here poisons
 //! the shard, like any other: after a failed fdatasync the page cache cannot be trusted.
 
-use crate::format::checkpoint::{Checkpoint, ProducerState, QueueState};
-use crate::format::index_entry::{IndexEntry, INDEX_ENTRY_LEN};
-use crate::index::{encode_entries, index_path};
+use crate::format::checkpoint::{Checkpoint, ProducerState, QueueState, SegmentIndexState};
+use crate::index::segments::{segment_index_path, Persisted, SegmentWrite};
 use crate::io::{FileKind, IoBuf};
 use crate::log::recovery::CHECKPOINT_FILE;
 use crate::shard::Inner;
-use crate::{EngineError, QueueId};
+use crate::EngineError;
 use std::rc::Rc;
 
-/// Index files written concurrently during a checkpoint, at most.
-const INDEX_WRITES_IN_FLIGHT: usize = 32;
+/// Segment index files written concurrently during a checkpoint, at most (one or two in the
+/// steady state; more only when small segments rolled several times since the last one).
+const INDEX_WRITES_IN_FLIGHT: usize = 8;
 
 /// The state at one log position, taken without awaiting.
 struct Snapshot {
     log_pos: u64,
     max_producer_id: i64,
     producers: Vec<ProducerState>,
-    queues: Vec<(QueueState, Vec<IndexEntry>)>,
+    queues: Vec<QueueState>,
+    /// Pending index records this checkpoint persists (the first `pending` of the list).
+    pending: usize,
+    writes: Vec<SegmentWrite>,
+    segments: Vec<SegmentIndexState>,
 }
 
 impl Inner {
     /// Writes a checkpoint at the current end of the log. Order (each step's durability is
     /// what the next one relies on): snapshot the state at log position L (no await) → log
-    /// durable up to L → index entries appended and fdatasync'd → checkpoint written to a
-    /// temporary file, fdatasync'd, renamed, directory synced. A crash at any point leaves the
-    /// previous checkpoint valid (index files only grew past what it counts).
+    /// durable up to L → index records appended to their segments' index files and
+    /// fdatasync'd → checkpoint written to a temporary file, fdatasync'd, renamed, directory
+    /// synced. A crash at any point leaves the previous checkpoint valid (index files only grew
+    /// past what it counts).
     pub(crate) async fn checkpoint(self: &Rc<Self>) -> Result<(), EngineError> {
         let _permit = self
             .checkpoint_lock
@@ -48,109 +55,73 @@ impl Inner {
             .map_err(|_| EngineError::Closed)?;
         let snap = self.snapshot();
         self.flush_to(snap.log_pos).await?;
-        // Index files are independent: write (and fdatasync) several at once, so that a
-        // checkpoint over thousands of queues costs a few fsync latencies, not thousands.
-        let mut queues = Vec::with_capacity(snap.queues.len());
-        let mut writes = Vec::new();
-        for (qs, entries) in snap.queues {
-            let mut qs = qs;
-            if !entries.is_empty() {
-                let (bytes, crc) = encode_entries(&entries, qs.index_crc);
-                let path = index_path(&self.cfg.dir, qs.queue_id);
-                let pos = qs.index_entries * INDEX_ENTRY_LEN as u64;
-                let me = self.clone();
-                writes.push(glommio::spawn_local(async move {
-                    me.write_file_at(path, bytes, pos).await
-                }));
-                if writes.len() >= INDEX_WRITES_IN_FLIGHT {
-                    for w in writes.drain(..) {
-                        w.await?;
-                    }
+        let done: Vec<(u64, Persisted)> = snap
+            .writes
+            .iter()
+            .map(|w| (w.segment_start, w.after))
+            .collect();
+        // A file created now must have a durable name before a checkpoint counts its records.
+        let created = snap.writes.iter().any(|w| w.file_pos == 0);
+        let mut in_flight = Vec::new();
+        for w in snap.writes {
+            let path = segment_index_path(&self.cfg.dir, w.segment_start);
+            let me = self.clone();
+            in_flight.push(glommio::spawn_local(async move {
+                me.write_file_at(path, w.bytes, w.file_pos).await
+            }));
+            if in_flight.len() >= INDEX_WRITES_IN_FLIGHT {
+                for t in in_flight.drain(..) {
+                    t.await?;
                 }
-                qs.index_entries += entries.len() as u64;
-                qs.index_crc = crc;
             }
-            queues.push(qs);
         }
-        for w in writes {
-            w.await?;
+        for t in in_flight {
+            t.await?;
+        }
+        if created {
+            self.sync_dir().await?;
         }
         let ckpt = Checkpoint {
             epoch: self.epoch,
             log_pos: snap.log_pos,
             max_producer_id: snap.max_producer_id,
-            queues: queues.clone(),
+            queues: snap.queues,
             producers: snap.producers,
+            segments: snap.segments,
         };
         self.write_checkpoint_file(ckpt.encode()).await?;
-        // Only now do the index files' new entries count as persisted.
-        {
-            let mut st = self.state.borrow_mut();
-            for qs in &queues {
-                if let Some(q) = st.queues.get_mut(&QueueId(qs.queue_id)) {
-                    let n = (qs.index_entries - q.persisted) as usize;
-                    q.unpersisted.drain(..n.min(q.unpersisted.len()));
-                    q.persisted = qs.index_entries;
-                    q.persisted_crc = qs.index_crc;
-                }
-            }
-            st.checkpoint_pos = snap.log_pos;
-        }
-        // Index files of deleted queues: the checkpoint now durably says "deleted", so
-        // recovery will not look for them.
-        for qs in queues.iter().filter(|q| q.deleted && q.index_entries > 0) {
-            let path = index_path(&self.cfg.dir, qs.queue_id);
-            match self.io.remove(path.clone()).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove index file");
-                    continue;
-                }
-            }
-            if let Some(q) = self
-                .state
-                .borrow_mut()
-                .queues
-                .get_mut(&QueueId(qs.queue_id))
-            {
-                q.persisted = 0;
-                q.persisted_crc = 0;
-            }
-        }
+        // Only now do the new records count as persisted.
+        let mut st = self.state.borrow_mut();
+        st.seg_index.committed(snap.pending, &done);
+        st.checkpoint_pos = snap.log_pos;
         Ok(())
     }
 
     fn snapshot(&self) -> Snapshot {
         let st = self.state.borrow();
-        let mut queues: Vec<(QueueState, Vec<IndexEntry>)> = st
+        let mut queues: Vec<QueueState> = st
             .queues
             .iter()
-            .map(|(id, q)| {
-                let qs = QueueState {
-                    queue_id: id.0,
-                    deleted: q.deleted,
-                    end_offset: q.end_offset,
-                    log_start_offset: q.log_start_offset,
-                    index_entries: q.persisted,
-                    index_crc: q.persisted_crc,
-                };
-                (
-                    qs,
-                    if q.deleted {
-                        Vec::new()
-                    } else {
-                        q.unpersisted.clone()
-                    },
-                )
+            .map(|(id, q)| QueueState {
+                queue_id: id.0,
+                deleted: q.deleted,
+                end_offset: q.end_offset,
+                log_start_offset: q.log_start_offset,
             })
             .collect();
-        queues.sort_by_key(|(q, _)| q.queue_id);
+        queues.sort_by_key(|q| q.queue_id);
+        let log_pos = st.appender.next_pos();
+        let pending = st.seg_index.pending.len();
+        let writes = st.seg_index.plan_writes(&st.segments, pending);
+        let segments = st.seg_index.table(&st.segments, log_pos, &writes);
         Snapshot {
-            log_pos: st.appender.next_pos(),
+            log_pos,
             max_producer_id: st.producers.max_producer_id().unwrap_or(-1),
             producers: st.producers.to_states(),
             queues,
+            pending,
+            writes,
+            segments,
         }
     }
 
@@ -171,7 +142,17 @@ impl Inner {
         r.map_err(|e| {
             self.gc
                 .poison(format!("writing {} failed: {e}", path.display()));
-            EngineError::io("write index file", &path, e)
+            EngineError::io("write segment index file", &path, e)
+        })
+    }
+
+    /// Syncs the shard directory (new or removed names durable). A failure poisons the shard.
+    pub(crate) async fn sync_dir(&self) -> Result<(), EngineError> {
+        let dir = self.cfg.dir.clone();
+        self.io.sync_dir(dir.clone()).await.map_err(|e| {
+            self.gc
+                .poison(format!("syncing {} failed: {e}", dir.display()));
+            EngineError::io("sync directory", &dir, e)
         })
     }
 

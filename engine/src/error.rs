@@ -39,6 +39,14 @@ pub enum EngineError {
         offset: u64,
         reason: &'static str,
     },
+    /// The directory was written by an on-disk format version this build does not read (see
+    /// `engine/FORMAT.md`, "Versioning"); nothing was changed.
+    #[error("{} has format version {found}; this build reads version {supported} only", path.display())]
+    UnsupportedFormat {
+        path: PathBuf,
+        found: u16,
+        supported: u16,
+    },
     /// Another shard (this process or another) holds the directory's lock.
     #[error("shard directory is in use: {} is locked by another opener", path.display())]
     Locked { path: PathBuf },

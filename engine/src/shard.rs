@@ -15,6 +15,8 @@ use crate::cache::TailCache;
 use crate::commit::{spawn_committer, GroupCommit, MAX_STAGED_BYTES};
 use crate::format::entry::{EntryHeader, EntryKind, HEADER_LEN, MAX_PAYLOAD_BYTES};
 use crate::format::index_entry::IndexEntry;
+use crate::format::segment_index::SegmentIndexRecord;
+use crate::index::segments::SegmentIndexes;
 use crate::index::QueueIndex;
 use crate::io::{GlommioStorage, Storage, BLOCK_BYTES};
 use crate::log::appender::Appender;
@@ -75,6 +77,9 @@ pub(crate) struct Inner {
     /// (tests and metrics).
     pub prepared_rolls: Cell<u64>,
     pub zeroed_rolls: Cell<u64>,
+    /// Segments whose index file recovery found unusable and rebuilt by a scan (tests and
+    /// metrics).
+    pub rebuilt_segments: u64,
 }
 
 pub(crate) struct State {
@@ -83,6 +88,9 @@ pub(crate) struct State {
     pub segments: SegmentSet,
     pub appender: Appender,
     pub cache: TailCache,
+    /// Every queue's index entries as the segment index files hold them, and those appended
+    /// since the last checkpoint.
+    pub seg_index: SegmentIndexes,
     /// Log position of the last checkpoint written.
     pub checkpoint_pos: u64,
 }
@@ -132,6 +140,7 @@ impl Shard {
                 segments: rec.segments,
                 appender,
                 cache: TailCache::new(config.tail_cache_bytes),
+                seg_index: rec.seg_index,
                 checkpoint_pos: 0,
             }),
             cfg: config,
@@ -141,6 +150,7 @@ impl Shard {
             stopped: Cell::new(false),
             prepared_rolls: Cell::new(0),
             zeroed_rolls: Cell::new(0),
+            rebuilt_segments: rec.rebuilt_segments,
             next_segment: RefCell::new(None),
             prep_started: Cell::new(false),
             chunks: Rc::new(crate::log::readahead::ChunkCache::new()),
@@ -314,6 +324,23 @@ impl Shard {
         }))
     }
 
+    /// Largest record timestamp among the readable batches of `queue` (None when it has none):
+    /// with [`Shard::offset_for_timestamp`] it finds the record Kafka's ListOffsets
+    /// "max timestamp" asks for.
+    pub fn max_timestamp(&self, queue: QueueId) -> Result<Option<i64>, EngineError> {
+        let st = self.inner.state.borrow();
+        let Some(q) = st.queues.get(&queue) else {
+            return Ok(None);
+        };
+        if q.deleted {
+            return Err(EngineError::QueueDeleted(queue));
+        }
+        let visible = q.visible_len(self.inner.gc.written());
+        Ok(visible
+            .checked_sub(1)
+            .map(|last| q.slots[last].prefix_max_ts))
+    }
+
     /// Queues that hold (or held) data on this shard and are not deleted, sorted.
     pub fn queues(&self) -> Vec<QueueId> {
         let st = self.inner.state.borrow();
@@ -389,6 +416,13 @@ impl Shard {
     #[doc(hidden)]
     pub fn durable_log_pos(&self) -> u64 {
         self.inner.gc.synced()
+    }
+
+    /// Segments whose index file the last open found unusable and rebuilt by scanning the
+    /// segment (tests and metrics).
+    #[doc(hidden)]
+    pub fn rebuilt_index_segments(&self) -> u64 {
+        self.inner.rebuilt_segments
     }
 }
 
@@ -518,13 +552,18 @@ impl Inner {
         if st.cache.enabled() {
             st.cache.insert(queue.0, base, batch);
         }
-        q.push(IndexEntry {
+        let entry = IndexEntry {
             base_offset: base,
             last_offset: last,
             log_pos: pos,
             entry_len,
             tag_hash: 0,
             max_timestamp: h.max_timestamp,
+        };
+        q.push(entry);
+        st.seg_index.pending.push(SegmentIndexRecord {
+            queue_id: queue.0,
+            entry,
         });
         st.producers.record(queue, h, base, last);
         (
@@ -556,7 +595,6 @@ impl Inner {
         let q = st.queues.entry(queue).or_default();
         q.deleted = true;
         q.slots.clear();
-        q.unpersisted.clear();
         st.cache.remove_queue(queue.0);
         st.producers.remove_queue(queue);
         pos + HEADER_LEN as u64

@@ -1,5 +1,5 @@
 //! Damaged files on disk: torn tails, garbage tails, flipped bits and crafted huge lengths in
-//! segments, index files and the checkpoint. For every damage:
+//! segments, segment index files (`<start>.idx`) and the checkpoint. For every damage:
 //! - `Shard::open` never panics and never makes an allocation larger than
 //!   [`LARGEST_ALLOCATION_BYTES`] (a global allocator in this test binary records the largest
 //!   request); it succeeds or returns a typed `Corrupt`/`Io` error;
@@ -7,8 +7,9 @@
 //!   byte-identical; queues are dense; no queue appears that was never written; a read may stop
 //!   at damaged bytes with `Corrupt`, but never return them;
 //! - damage that lies entirely after the Durable-acknowledged data ("after A") loses none of it
-//!   and opens successfully; damage to derived files (index files, `checkpoint.tmp`) loses
-//!   nothing either;
+//!   and opens successfully; damage to derived files (segment index files: flipped bits, torn
+//!   or garbage tails, missing files, a checkpoint counting absurdly many index records;
+//!   `checkpoint.tmp`) loses nothing either and never fails the open;
 //! - recovery is idempotent: the next append gets the next dense offset, and a second reopen
 //!   sees the same data.
 //!
@@ -89,34 +90,25 @@ fn config(dir: &Path) -> ShardConfig {
 }
 
 /// Appends A (Durable) and then B (Written, never flushed) and ends the executor without
-/// closing when `crashed`, else closes cleanly (checkpoint written) after A only.
+/// closing when `crashed`, else closes cleanly (checkpoint written) after A only. The crashed
+/// image is closed and reopened once half-way through A, so it has segment index files and a
+/// checkpoint in the middle of its log too.
 fn build_image(crashed: bool) -> Image {
     let dir = tempfile::tempdir().expect("temp dir");
     let shard_dir = dir.path().to_path_buf();
     let (sent, durable_end) = run_glommio(move || async move {
-        let shard = Shard::open(config(&shard_dir))
+        let mut shard = Shard::open(config(&shard_dir))
             .await
             .expect("open a fresh shard");
         let mut sent: Sent = BTreeMap::new();
         let mut seed = 0u64;
-        let mut append = |q: u32, d: Durability| {
-            seed += 1;
-            let batch = make_batch(
-                seed,
-                1 + (seed % 4) as usize,
-                300 + (seed * 977 % 3000) as usize,
-            );
-            let shard = shard.clone();
-            async move {
-                let a = shard
-                    .append(QueueId(q), batch.clone(), d)
-                    .await
-                    .expect("append");
-                (q, a.base_offset.0, batch)
-            }
-        };
         for i in 0..30u32 {
-            let (q, base, b) = append(i % QUEUES, Durability::Durable).await;
+            if crashed && i == 15 {
+                shard.close().await.expect("close half-way");
+                drop(shard);
+                shard = Shard::open(config(&shard_dir)).await.expect("reopen");
+            }
+            let (q, base, b) = append_one(&shard, &mut seed, i % QUEUES, Durability::Durable).await;
             sent.entry(q).or_default().push((base, b));
         }
         let durable_end: BTreeMap<u32, u64> = (0..QUEUES)
@@ -124,7 +116,8 @@ fn build_image(crashed: bool) -> Image {
             .collect();
         if crashed {
             for i in 0..12u32 {
-                let (q, base, b) = append(i % QUEUES, Durability::Written).await;
+                let (q, base, b) =
+                    append_one(&shard, &mut seed, i % QUEUES, Durability::Written).await;
                 sent.entry(q).or_default().push((base, b));
             }
             // Dropping the executor with the shard open is a process death.
@@ -140,6 +133,21 @@ fn build_image(crashed: bool) -> Image {
         durable_end,
         durable_log_end,
     }
+}
+
+/// Appends the next pseudo-random batch to queue `q`; returns (queue, base offset, batch).
+async fn append_one(shard: &Shard, seed: &mut u64, q: u32, d: Durability) -> (u32, u64, Bytes) {
+    *seed += 1;
+    let batch = make_batch(
+        *seed,
+        1 + (*seed % 4) as usize,
+        300 + (*seed * 977 % 3000) as usize,
+    );
+    let a = shard
+        .append(QueueId(q), batch.clone(), d)
+        .await
+        .expect("append");
+    (q, a.base_offset.0, batch)
 }
 
 /// One entry found by walking the segments per FORMAT.md.
@@ -234,6 +242,15 @@ enum Damage {
     FlipAnywhere { file: PathBuf, byte: u64, bit: u8 },
     /// Random bytes appended to an index file (leftovers of an interrupted checkpoint).
     IndexGarbageTail { file: PathBuf, len: u64 },
+    /// Flip one bit of a segment index file.
+    IndexFlip { file: PathBuf, byte: u64, bit: u8 },
+    /// A segment index file cut to `keep` bytes (a torn write, or lost on power failure).
+    IndexTornTail { file: PathBuf, keep: u64 },
+    /// A segment index file deleted.
+    IndexMissing { file: PathBuf },
+    /// A checkpoint (with a valid CRC) counting ~17.6 trillion records in its first segment's
+    /// index file: recovery must bound the count before reading.
+    IndexHugeCount,
     /// Random bytes as `checkpoint.tmp` (a checkpoint write that never got renamed).
     StaleCheckpointTmp { len: u64 },
     /// A checkpoint claiming ~268 million queue records (CRC left wrong).
@@ -266,7 +283,11 @@ fn pick_damage(img: &Image, dir: &Path, rng: &mut u64) -> Damage {
             .max(1);
         img.durable_log_end + next(rng) % span
     };
-    match next(rng) % 8 {
+    let idx: Vec<PathBuf> = all_files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    match next(rng) % 10 {
         0 => Damage::FlipAfterDurable {
             log_pos: after(rng),
             bit: (next(rng) % 8) as u8,
@@ -301,10 +322,6 @@ fn pick_damage(img: &Image, dir: &Path, rng: &mut u64) -> Damage {
             }
         }
         6 => {
-            let idx: Vec<PathBuf> = all_files(dir)
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|x| x == "idx"))
-                .collect();
             if idx.is_empty() {
                 Damage::StaleCheckpointTmp {
                     len: 1 + next(rng) % 300,
@@ -316,6 +333,23 @@ fn pick_damage(img: &Image, dir: &Path, rng: &mut u64) -> Damage {
                 }
             }
         }
+        8 if !idx.is_empty() => {
+            let file = idx[(next(rng) % idx.len() as u64) as usize].clone();
+            let size = std::fs::metadata(&file).map_or(1, |m| m.len()).max(1);
+            match next(rng) % 3 {
+                0 => Damage::IndexFlip {
+                    file,
+                    byte: next(rng) % size,
+                    bit: (next(rng) % 8) as u8,
+                },
+                1 => Damage::IndexTornTail {
+                    file,
+                    keep: next(rng) % size,
+                },
+                _ => Damage::IndexMissing { file },
+            }
+        }
+        9 if !idx.is_empty() => Damage::IndexHugeCount,
         _ => {
             if next(rng) % 2 == 0 {
                 Damage::StaleCheckpointTmp {
@@ -404,6 +438,27 @@ fn apply(damage: &Damage, dir: &Path, rng: &mut u64) {
                 .write_all_at(&bytes, size)
                 .expect("append garbage");
         }
+        Damage::IndexFlip { file, byte, bit } => flip(file, *byte, *bit),
+        Damage::IndexTornTail { file, keep } => {
+            open_rw(file).set_len(*keep).expect("truncate index file");
+        }
+        Damage::IndexMissing { file } => std::fs::remove_file(file).expect("remove index file"),
+        Damage::IndexHugeCount => {
+            let p = dir.join("checkpoint");
+            let mut b = std::fs::read(&p).expect("read checkpoint");
+            let le32 = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+            // FORMAT.md: queue_count at 32, producer_count at 36, segment_count at 44; records
+            // of 24 (queue), 176 (producer) and 24 (segment) bytes after the 48-byte header.
+            let (queues, producers, segs) = (le32(32), le32(36), le32(44));
+            if segs > 0 {
+                let at = 48 + 24 * queues as usize + 176 * producers as usize;
+                b[at + 8..at + 16].copy_from_slice(&0x0000_0FFF_FFFF_FFFFu64.to_le_bytes());
+                let end = b.len() - 4;
+                let crc = crc32c::crc32c(&b[..end]);
+                b[end..].copy_from_slice(&crc.to_le_bytes());
+                std::fs::write(&p, b).expect("write checkpoint");
+            }
+        }
         Damage::StaleCheckpointTmp { len } => {
             let bytes: Vec<u8> = (0..*len).map(|_| next(rng) as u8).collect();
             std::fs::write(dir.join("checkpoint.tmp"), bytes).expect("write checkpoint.tmp");
@@ -414,7 +469,7 @@ fn apply(damage: &Damage, dir: &Path, rng: &mut u64) {
                 let f = open_rw(&p);
                 f.write_all_at(&0x0FFF_FFFFu32.to_le_bytes(), 32)
                     .expect("queue_count");
-                f.write_all_at(&(0x0FFF_FFFFu32.wrapping_mul(40)).to_le_bytes(), 40)
+                f.write_all_at(&(0x0FFF_FFFFu32.wrapping_mul(24)).to_le_bytes(), 40)
                     .expect("body_len");
             }
         }
@@ -598,7 +653,7 @@ fn damage_kind(damage: &Damage) -> String {
     let name = format!("{damage:?}");
     let name = name.split([' ', '{']).next().unwrap_or("?").to_string();
     match damage {
-        Damage::FlipAnywhere { file, .. } => {
+        Damage::FlipAnywhere { file, .. } | Damage::IndexFlip { file, .. } => {
             let ext = file
                 .extension()
                 .and_then(|x| x.to_str())

@@ -2,7 +2,8 @@
 //! poison the shard (every later append fails with `Poisoned` until reopened), must never be
 //! retried into a false success, and must not turn any in-flight Durable append into an ack.
 //! After a power loss right after the failure, every batch acknowledged Durable before it is
-//! still there, byte-identical, and each queue holds a prefix of what was appended.
+//! still there, byte-identical, and each queue holds a prefix of what was appended. The same
+//! holds for a failure inside a checkpoint (segment index files, checkpoint file).
 //!
 //! Catches the "fsyncgate" bug class: retrying fdatasync after an error (the kernel may have
 //! dropped the dirty data, so the retry succeeds on nothing), acknowledging waiters of a failed
@@ -176,5 +177,72 @@ fn run_case(fault: Fault) -> Result<bool, String> {
             .await
             .map_err(|e| format!("append after reopen: {e}"))?;
         Ok(true)
+    })
+}
+
+/// A write or fdatasync that fails during a checkpoint (segment index files, then the
+/// checkpoint file) poisons the shard like any other, and after a power loss nothing
+/// acknowledged is lost: the previous checkpoint still counts only what its files hold.
+#[test]
+fn failed_checkpoint_io_poisons_and_loses_nothing() {
+    for fault in (0..3).flat_map(|n| [Fault::Write(n), Fault::Fsync(n)]) {
+        run_checkpoint_case(fault).unwrap_or_else(|e| panic!("{fault:?} in a checkpoint: {e}"));
+    }
+}
+
+fn run_checkpoint_case(fault: Fault) -> Result<(), String> {
+    run_glommio(move || async move {
+        let mem = MemStorage::new();
+        let cfg = small_config(PathBuf::from("/mem/ckpt-faults"), 32 << 10, 16 << 10);
+        let open = |mem: &MemStorage| {
+            let io: Rc<dyn Storage> = Rc::new(mem.clone());
+            Shard::open_with_io(cfg.clone(), io)
+        };
+        let shard = open(&mem).await.map_err(|e| format!("open: {e}"))?;
+        // Two rounds across several 32 KiB segments, a clean reopen in between, so the failing
+        // checkpoint appends to index files an earlier one counted.
+        let mut acked: Vec<(u32, u64, Bytes)> = Vec::new();
+        let mut shard = shard;
+        for round in 0..2u64 {
+            for i in 0..20u64 {
+                let q = (i % u64::from(QUEUES)) as u32;
+                let b = make_batch(round * 100 + i + 1, 2, 900 + i as usize * 53);
+                let a = shard
+                    .append(QueueId(q), b.clone(), Durability::Durable)
+                    .await
+                    .map_err(|e| format!("append: {e}"))?;
+                acked.push((q, a.base_offset.0, b));
+            }
+            if round == 0 {
+                shard.close().await.map_err(|e| format!("close: {e}"))?;
+                drop(shard);
+                shard = open(&mem).await.map_err(|e| format!("reopen: {e}"))?;
+            }
+        }
+        // Everything is durable: the next writes and fdatasyncs are the checkpoint's own.
+        match fault {
+            Fault::Fsync(n) => mem.fail_fsync_in(n),
+            Fault::Write(n) => mem.fail_write_in(n),
+        }
+        if shard.close().await.is_ok() {
+            return Err("a checkpoint whose I/O failed succeeded".into());
+        }
+        mem.crash(CrashMode::DropUnsynced);
+        drop(shard);
+        let shard = open(&mem).await.map_err(|e| format!("reopen: {e}"))?;
+        for (q, base, sent) in &acked {
+            let r = shard
+                .read(QueueId(*q), Offset(*base), 1)
+                .await
+                .map_err(|e| format!("q{q}: read at {base}: {e}"))?;
+            let stored = r
+                .batches
+                .first()
+                .ok_or_else(|| format!("q{q}: acknowledged batch at {base} is missing"))?;
+            if let Some(why) = stored_mismatch(stored, sent, Offset(*base)) {
+                return Err(format!("q{q}: acknowledged batch at {base}: {why}"));
+            }
+        }
+        Ok(())
     })
 }

@@ -6,7 +6,8 @@
 //!   keeps completed O_DIRECT writes, so Written acks must survive as well as Durable ones);
 //! - each queue is dense from 0 to its end, every visible batch is one the child sent (no torn
 //!   or garbage entry past the last valid one becomes visible), and the stored CRCs validate;
-//! - the next append after recovery gets the next dense offset.
+//! - the next append after recovery gets the next dense offset;
+//! - no segment index file needed rebuilding (a SIGKILL loses nothing a checkpoint counted).
 //!
 //! Several rounds run on the same directory, so recovery also meets its own earlier repairs.
 //!
@@ -15,7 +16,7 @@
 //!
 //! Catches: acks sent before the write (or fdatasync) completed, recovery that truncates valid
 //! entries or accepts a torn one, offsets reassigned after a crash, segment rolls that lose
-//! the head of the new segment.
+//! the head of the new segment, a checkpoint that counts index records it has not written.
 
 mod common;
 
@@ -209,6 +210,14 @@ async fn verify(
     round: u64,
 ) -> Result<Ack, String> {
     let shard = Shard::open(cfg).await.map_err(|e| format!("reopen: {e}"))?;
+    // A process death keeps every completed write, so every index file prefix that a
+    // checkpoint counts must verify; a rebuild means a checkpoint counted unwritten records.
+    if shard.rebuilt_index_segments() != 0 {
+        return Err(format!(
+            "{} segment index file(s) had to be rebuilt after a SIGKILL",
+            shard.rebuilt_index_segments()
+        ));
+    }
     // Walk every queue from 0: dense, valid, and made only of batches the child sent.
     let mut stored: BTreeMap<u32, BTreeMap<u64, (u64, u32)>> = BTreeMap::new();
     for q in 0..QUEUES {

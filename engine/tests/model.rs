@@ -1,8 +1,8 @@
 //! Model-based property test of the shard: random sequences of appends (single and concurrent,
 //! Written and Durable, plain and idempotent-producer, good and refused batches), reads,
 //! timestamp lookups, segment rolls, retention, queue deletes, flushes, crashes (between
-//! operations and with appends in flight) and clean reopens, checked step by step against a
-//! `Vec` per queue.
+//! operations and with appends in flight), clean reopens and reopens after damaging a segment
+//! index file, checked step by step against a `Vec` per queue.
 //!
 //! Two variants run the same operations:
 //! - `mem`: on the engine's in-memory fault-injecting storage (`MemStorage`). A crash reverts
@@ -22,7 +22,8 @@
 //! part of a batch, the active segment, or anything when it is off; bad batches stored anyway;
 //! a deleted queue that comes back after a crash or still takes appends; a timestamp lookup
 //! that assumes timestamps follow offsets; producer state (last 5 batches per producer) that
-//! is lost or wrong after recovery.
+//! is lost or wrong after recovery; a damaged (flipped, torn or missing) segment index file
+//! that is trusted, fails the open, or loses entries when its segment is rebuilt.
 //!
 //! Cases: `PROPTEST_CASES` (default 64 for `mem`, 32 for `disk`).
 
@@ -110,6 +111,12 @@ enum Op {
         queue: u32,
         permille: u16,
     },
+    /// Closes, damages the segment index file `pick % n` (`how % 3`: flip a bit, cut it short,
+    /// delete it) and reopens: derived data, so nothing may be lost.
+    DamageIndex {
+        pick: u64,
+        how: u8,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +173,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => Just(Op::CleanReopen),
         1 => (1..QUEUES).prop_map(Op::DeleteQueue),
         4 => (queue_strategy(), 0..1001u16).prop_map(|(queue, permille)| Op::TimeLookup { queue, permille }),
+        2 => (any::<u64>(), any::<u8>()).prop_map(|(pick, how)| Op::DamageIndex { pick, how }),
     ]
 }
 
@@ -804,6 +812,21 @@ impl Harness {
                 }
                 self.reopen(false).await?;
             }
+            Op::DamageIndex { pick, how } => {
+                self.shard
+                    .close()
+                    .await
+                    .map_err(|e| format!("close failed: {e}"))?;
+                self.model.mark_all_durable();
+                match &self.backing {
+                    Backing::Mem(mem) => damage_mem_index(mem, &self.config.dir, *pick, *how).await,
+                    Backing::Disk => {
+                        damage_disk_index(&self.config.dir, *pick, *how);
+                        return Ok(Some(op.clone()));
+                    }
+                }
+                self.reopen(false).await?;
+            }
         }
         check_offsets(&self.shard, &mut self.model)?;
         Ok(None)
@@ -1081,6 +1104,63 @@ async fn check_recovered_in_flight(
     Ok(())
 }
 
+/// Damages one segment index file (`<start>.idx`) of a closed in-memory shard.
+async fn damage_mem_index(mem: &MemStorage, dir: &std::path::Path, pick: u64, how: u8) {
+    let files: Vec<PathBuf> = mem
+        .paths()
+        .into_iter()
+        .filter(|p| p.parent() == Some(dir) && p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    if files.is_empty() {
+        return;
+    }
+    let file = files[(pick % files.len() as u64) as usize].clone();
+    let len = mem.contents(&file).map_or(0, |b| b.len() as u64).max(1);
+    match how % 3 {
+        0 => {
+            mem.flip_bit(&file, pick % len, (pick >> 32) as u8 % 8);
+        }
+        1 => {
+            let f = mem
+                .open(file, ringmq_engine::io::FileKind::Buffered, false)
+                .await
+                .expect("open index file");
+            f.truncate((pick >> 8) % len).await.expect("truncate");
+            f.fdatasync().await.expect("sync");
+        }
+        _ => mem.remove(file).await.expect("remove index file"),
+    }
+}
+
+/// Damages one segment index file of a closed shard on real files.
+fn damage_disk_index(dir: &std::path::Path, pick: u64, how: u8) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list shard dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    if files.is_empty() {
+        return;
+    }
+    files.sort();
+    let file = files[(pick % files.len() as u64) as usize].clone();
+    let mut bytes = std::fs::read(&file).expect("read index file");
+    let len = bytes.len().max(1) as u64;
+    match how % 3 {
+        0 => {
+            if let Some(b) = bytes.get_mut((pick % len) as usize) {
+                *b ^= 1 << ((pick >> 32) % 8);
+            }
+            std::fs::write(&file, bytes).expect("write index file");
+        }
+        1 => {
+            bytes.truncate(((pick >> 8) % len) as usize);
+            std::fs::write(&file, bytes).expect("write index file");
+        }
+        _ => std::fs::remove_file(&file).expect("remove index file"),
+    }
+}
+
 fn config_for(s: &Scenario, dir: PathBuf) -> ShardConfig {
     ShardConfig {
         retention_bytes: s.retention_bytes,
@@ -1247,6 +1327,7 @@ fn mem_fixed_scenario() {
     ops.push(Op::Crash(CrashSpec::KeepWrites(0b1011)));
     ops.push(Op::Retention);
     ops.push(Op::CleanReopen);
+    ops.extend((0..3).map(|how| Op::DamageIndex { pick: 41, how }));
     ops.push(Op::Read {
         queue: 1,
         permille: 1005,

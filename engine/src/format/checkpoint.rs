@@ -2,11 +2,12 @@
 //! scan the log after it.
 //!
 //! ```text
-//!  header (48 bytes) | queue records (40 bytes each) | producer records (176 bytes each) | crc u32
+//!  header (48 bytes) | queue records (24 bytes each) | producer records (176 bytes each)
+//!                    | segment records (24 bytes each) | crc u32
 //! ```
 //!
 //! Durability contract: a checkpoint is only written after (1) the commit log is durable up to
-//! its `log_pos` and (2) every index file holds, durably, the entries it counts. It is written
+//! its `log_pos` and (2) every segment's index file holds, durably, the records it counts. It is written
 //! to a temporary name, fdatasync'd, renamed over the old one and the directory is synced, so
 //! a crash leaves either the old or the new checkpoint, each complete (the CRC over the whole
 //! file rejects anything else). `epoch` is the epoch the opening shard will stamp on its
@@ -15,9 +16,11 @@
 use super::{le_i64, le_u16, le_u32, le_u64, put, FormatError};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RMQC");
-pub const VERSION: u16 = 1;
+/// Version 2: one index file per segment (version 1 had one per queue; refused, see FORMAT.md).
+pub const VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 48;
-pub const QUEUE_RECORD_LEN: usize = 40;
+pub const QUEUE_RECORD_LEN: usize = 24;
+pub const SEGMENT_RECORD_LEN: usize = 24;
 /// Batches remembered per (queue, producer), as Kafka does for idempotence.
 pub const PRODUCER_BATCHES: usize = 5;
 pub const PRODUCER_BATCH_LEN: usize = 32;
@@ -25,7 +28,12 @@ pub const PRODUCER_RECORD_LEN: usize = 16 + PRODUCER_BATCHES * PRODUCER_BATCH_LE
 /// Largest checkpoint file accepted (limits what a corrupt length field can make us allocate).
 pub const MAX_CHECKPOINT_BYTES: u64 = 256 << 20;
 
-const _: () = assert!(HEADER_LEN == 48 && QUEUE_RECORD_LEN == 40 && PRODUCER_RECORD_LEN == 176);
+const _: () = assert!(
+    HEADER_LEN == 48
+        && QUEUE_RECORD_LEN == 24
+        && PRODUCER_RECORD_LEN == 176
+        && SEGMENT_RECORD_LEN == 24
+);
 
 /// Persisted state of one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +42,17 @@ pub struct QueueState {
     pub deleted: bool,
     pub end_offset: u64,
     pub log_start_offset: u64,
-    /// Entries of the queue's index file covered by this checkpoint.
-    pub index_entries: u64,
-    /// CRC-32C of those `index_entries * 40` bytes.
-    pub index_crc: u32,
+}
+
+/// How much of one segment's index file (`<start:020>.idx`) this checkpoint covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentIndexState {
+    /// Start (log position) of the segment, which names both its `.log` and `.idx` files.
+    pub segment_start: u64,
+    /// Leading records of the index file that are valid.
+    pub records: u64,
+    /// Chained CRC-32C of those `records * 48` bytes.
+    pub crc: u32,
 }
 
 /// One remembered batch of an idempotent producer.
@@ -69,12 +84,15 @@ pub struct Checkpoint {
     pub max_producer_id: i64,
     pub queues: Vec<QueueState>,
     pub producers: Vec<ProducerState>,
+    /// Segments before `log_pos`, by ascending start.
+    pub segments: Vec<SegmentIndexState>,
 }
 
 impl Checkpoint {
     pub fn encode(&self) -> Vec<u8> {
-        let body =
-            self.queues.len() * QUEUE_RECORD_LEN + self.producers.len() * PRODUCER_RECORD_LEN;
+        let body = self.queues.len() * QUEUE_RECORD_LEN
+            + self.producers.len() * PRODUCER_RECORD_LEN
+            + self.segments.len() * SEGMENT_RECORD_LEN;
         let mut b = vec![0u8; HEADER_LEN + body + 4];
         put(&mut b, 0, &MAGIC.to_le_bytes());
         put(&mut b, 4, &VERSION.to_le_bytes());
@@ -84,14 +102,13 @@ impl Checkpoint {
         put(&mut b, 32, &(self.queues.len() as u32).to_le_bytes());
         put(&mut b, 36, &(self.producers.len() as u32).to_le_bytes());
         put(&mut b, 40, &(body as u32).to_le_bytes());
+        put(&mut b, 44, &(self.segments.len() as u32).to_le_bytes());
         let mut at = HEADER_LEN;
         for q in &self.queues {
             put(&mut b, at, &q.queue_id.to_le_bytes());
             put(&mut b, at + 4, &u32::from(q.deleted).to_le_bytes());
             put(&mut b, at + 8, &q.end_offset.to_le_bytes());
             put(&mut b, at + 16, &q.log_start_offset.to_le_bytes());
-            put(&mut b, at + 24, &q.index_entries.to_le_bytes());
-            put(&mut b, at + 32, &q.index_crc.to_le_bytes());
             at += QUEUE_RECORD_LEN;
         }
         for p in &self.producers {
@@ -112,6 +129,12 @@ impl Checkpoint {
                 put(&mut b, o + 24, &pb.last_offset.to_le_bytes());
             }
             at += PRODUCER_RECORD_LEN;
+        }
+        for sg in &self.segments {
+            put(&mut b, at, &sg.segment_start.to_le_bytes());
+            put(&mut b, at + 8, &sg.records.to_le_bytes());
+            put(&mut b, at + 16, &sg.crc.to_le_bytes());
+            at += SEGMENT_RECORD_LEN;
         }
         let crc = crc32c::crc32c(&b[..at]);
         put(&mut b, at, &crc.to_le_bytes());
@@ -142,8 +165,11 @@ impl Checkpoint {
         let n_queues = le_u32(b, 32) as u64;
         let n_producers = le_u32(b, 36) as u64;
         let body = le_u32(b, 40) as u64;
+        let n_segments = le_u32(b, 44) as u64;
         // Widened arithmetic: the counts come from disk and may be anything.
-        let expect = n_queues * QUEUE_RECORD_LEN as u64 + n_producers * PRODUCER_RECORD_LEN as u64;
+        let expect = n_queues * QUEUE_RECORD_LEN as u64
+            + n_producers * PRODUCER_RECORD_LEN as u64
+            + n_segments * SEGMENT_RECORD_LEN as u64;
         if expect != body {
             return Err(FormatError::Inconsistent(
                 "checkpoint body length disagrees with counts",
@@ -174,8 +200,6 @@ impl Checkpoint {
                 deleted: flags == 1,
                 end_offset: le_u64(b, at + 8),
                 log_start_offset: le_u64(b, at + 16),
-                index_entries: le_u64(b, at + 24),
-                index_crc: le_u32(b, at + 32),
             });
             at += QUEUE_RECORD_LEN;
         }
@@ -206,12 +230,36 @@ impl Checkpoint {
             });
             at += PRODUCER_RECORD_LEN;
         }
+        let mut segments: Vec<SegmentIndexState> = Vec::with_capacity(n_segments as usize);
+        for _ in 0..n_segments {
+            if le_u32(b, at + 20) != 0 {
+                return Err(FormatError::Inconsistent(
+                    "segment record reserved field is not zero",
+                ));
+            }
+            let sg = SegmentIndexState {
+                segment_start: le_u64(b, at),
+                records: le_u64(b, at + 8),
+                crc: le_u32(b, at + 16),
+            };
+            if segments
+                .last()
+                .is_some_and(|p| p.segment_start >= sg.segment_start)
+            {
+                return Err(FormatError::Inconsistent(
+                    "segment records not in ascending order",
+                ));
+            }
+            segments.push(sg);
+            at += SEGMENT_RECORD_LEN;
+        }
         Ok(Checkpoint {
             epoch: le_u64(b, 8),
             log_pos: le_u64(b, 16),
             max_producer_id: le_i64(b, 24),
             queues,
             producers,
+            segments,
         })
     }
 }
@@ -231,16 +279,12 @@ mod tests {
                     deleted: false,
                     end_offset: 10,
                     log_start_offset: 0,
-                    index_entries: 4,
-                    index_crc: 0xdead_beef,
                 },
                 QueueState {
                     queue_id: 2,
                     deleted: true,
                     end_offset: 0,
                     log_start_offset: 0,
-                    index_entries: 0,
-                    index_crc: 0,
                 },
             ],
             producers: vec![ProducerState {
@@ -254,6 +298,18 @@ mod tests {
                     last_offset: 9,
                 }],
             }],
+            segments: vec![
+                SegmentIndexState {
+                    segment_start: 0,
+                    records: 4,
+                    crc: 0xdead_beef,
+                },
+                SegmentIndexState {
+                    segment_start: 4096,
+                    records: 0,
+                    crc: 0,
+                },
+            ],
         }
     }
 
@@ -262,7 +318,7 @@ mod tests {
         let b = sample().encode();
         assert_eq!(
             b.len(),
-            HEADER_LEN + 2 * QUEUE_RECORD_LEN + PRODUCER_RECORD_LEN + 4
+            HEADER_LEN + 2 * QUEUE_RECORD_LEN + PRODUCER_RECORD_LEN + 2 * SEGMENT_RECORD_LEN + 4
         );
         assert_eq!(Checkpoint::decode(&b).unwrap(), sample());
     }
@@ -297,6 +353,46 @@ mod tests {
         b[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
         b[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(Checkpoint::decode(&b).is_err());
+        let mut b = sample().encode();
+        b[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Checkpoint::decode(&b).is_err());
+    }
+
+    /// Re-seals a modified checkpoint with a valid CRC, so only the check under test can fail.
+    fn reseal(mut b: Vec<u8>) -> Vec<u8> {
+        let end = b.len() - 4;
+        let crc = crc32c::crc32c(&b[..end]);
+        b[end..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn version_1_is_refused_as_a_version() {
+        let mut b = sample().encode();
+        b[4..6].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(
+            Checkpoint::decode(&reseal(b)),
+            Err(FormatError::BadVersion(1))
+        );
+    }
+
+    #[test]
+    fn bad_segment_records_are_refused() {
+        let seg_at = HEADER_LEN + 2 * QUEUE_RECORD_LEN + PRODUCER_RECORD_LEN;
+        let mut b = sample().encode();
+        b[seg_at + 20] = 1;
+        assert!(matches!(
+            Checkpoint::decode(&reseal(b)),
+            Err(FormatError::Inconsistent(_))
+        ));
+        let mut b = sample().encode();
+        // Second segment starts where the first does: not ascending.
+        b[seg_at + SEGMENT_RECORD_LEN..seg_at + SEGMENT_RECORD_LEN + 8].fill(0);
+        assert!(matches!(
+            Checkpoint::decode(&reseal(b)),
+            Err(FormatError::Inconsistent(_))
+        ));
+        assert_eq!(Checkpoint::decode(&reseal(sample().encode())), Ok(sample()));
     }
 
     #[test]
@@ -326,6 +422,15 @@ mod tests {
         assert_eq!(
             p.last().map(|r| r.0 + r.1),
             Some(PRODUCER_RECORD_LEN as u64)
+        );
+        let sg = crate::format::format_md_fields("checkpoint-segment");
+        assert_eq!(
+            sg.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+            vec![(0, 8), (8, 8), (16, 4), (20, 4)]
+        );
+        assert_eq!(
+            q.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+            vec![(0, 4), (4, 4), (8, 8), (16, 8)]
         );
         let pb = crate::format::format_md_fields("checkpoint-producer-batch");
         assert_eq!(

@@ -284,6 +284,7 @@ fn entry_crc(header: &[u8], kind: EntryKind, payload: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{golden_hex, hex};
 
     fn sample() -> EntryHeader {
         EntryHeader {
@@ -456,26 +457,6 @@ mod tests {
         // The golden example in FORMAT.md is what the encoder produces.
         let golden = golden_hex("entry-golden");
         assert_eq!(hex(&sample().encode(b"hello")), golden);
-    }
-
-    pub(crate) fn golden_hex(name: &str) -> String {
-        let doc = include_str!("../../FORMAT.md");
-        let marker = format!("<!-- golden: {name} -->");
-        let start = doc
-            .find(&marker)
-            .unwrap_or_else(|| panic!("FORMAT.md lacks {marker}"));
-        let rest = &doc[start + marker.len()..];
-        let body = rest
-            .split("```")
-            .nth(1)
-            .expect("a fenced block after the golden marker");
-        body.split_whitespace()
-            .filter(|w| w.chars().all(|c| c.is_ascii_hexdigit()))
-            .collect()
-    }
-
-    pub(crate) fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     #[test]

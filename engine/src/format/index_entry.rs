@@ -1,13 +1,13 @@
-//! Queue-index entry: 40 fixed bytes per stored batch, appended to the queue's index file.
+//! Queue-index entry: 40 fixed bytes per stored batch: where it lies in the commit log. Kept in
+//! memory per queue, and stored on disk inside segment-index records (`segment_index`).
 //!
 //! ```text
 //!  0            8            16        24         28        32             40
 //!  | base_offset | last_offset | log_pos | entry_len | tag_hash | max_timestamp |
 //! ```
 //!
-//! Index files carry no per-entry CRC: the checkpoint records how many entries of each file
-//! are persisted and the CRC-32C of exactly those bytes, so a torn or stale index file is
-//! detected as a whole (and rebuilt from the log).
+//! The entry carries no CRC: the segment index file that stores it is checked as a whole
+//! against the count and CRC its checkpoint recorded (see `segment_index`).
 
 use super::{le_i64, le_u32, le_u64, put, FormatError};
 
@@ -65,34 +65,6 @@ impl IndexEntry {
     }
 }
 
-/// Decodes `count` entries from an index file's bytes, checking them against the CRC the
-/// checkpoint recorded. `bytes` may be longer (entries appended after the checkpoint).
-pub fn decode_file(bytes: &[u8], count: u64, crc: u32) -> Result<Vec<IndexEntry>, FormatError> {
-    let need = count
-        .checked_mul(INDEX_ENTRY_LEN as u64)
-        .ok_or(FormatError::TooLong {
-            len: count,
-            max: u64::MAX / INDEX_ENTRY_LEN as u64,
-        })?;
-    if (bytes.len() as u64) < need {
-        return Err(FormatError::Truncated {
-            need: need as usize,
-            have: bytes.len(),
-        });
-    }
-    let body = &bytes[..need as usize];
-    let computed = crc32c::crc32c(body);
-    if computed != crc {
-        return Err(FormatError::CrcMismatch {
-            stored: crc,
-            computed,
-        });
-    }
-    body.chunks_exact(INDEX_ENTRY_LEN)
-        .map(IndexEntry::decode)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,28 +94,16 @@ mod tests {
                 Err(FormatError::Truncated { .. })
             ));
         }
-        let file: Vec<u8> = (0..3).flat_map(|i| sample(i).encode()).collect();
-        let crc = crc32c::crc32c(&file);
-        assert!(matches!(
-            decode_file(&file[..119], 3, crc),
-            Err(FormatError::Truncated { .. })
-        ));
     }
 
     #[test]
-    fn bad_checksum_is_refused() {
-        let mut file: Vec<u8> = (0..3).flat_map(|i| sample(i).encode()).collect();
-        let crc = crc32c::crc32c(&file);
-        assert_eq!(decode_file(&file, 3, crc).unwrap().len(), 3);
-        // Extra bytes past the persisted count are ignored, not checked.
-        file.extend_from_slice(&[0xff; 7]);
-        assert_eq!(decode_file(&file, 3, crc).unwrap()[2], sample(2));
-        file[45] ^= 4;
+    fn last_offset_before_base_is_refused() {
+        let mut e = sample(1);
+        e.last_offset = e.base_offset - 1;
         assert!(matches!(
-            decode_file(&file, 3, crc),
-            Err(FormatError::CrcMismatch { .. })
+            IndexEntry::decode(&e.encode()),
+            Err(FormatError::Inconsistent(_))
         ));
-        assert!(decode_file(&file, u64::MAX, crc).is_err());
     }
 
     #[test]

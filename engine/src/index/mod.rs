@@ -1,24 +1,21 @@
 //! Per-queue index (RocketMQ's ConsumeQueue): one fixed-size [`IndexEntry`] per stored batch,
-//! kept in memory for lookups and appended to `index/<queue>.idx` at each checkpoint.
+//! kept in memory for lookups; on disk, the entries live in one index file per commit-log
+//! segment, shared by all queues ([`segments`]).
 //!
-//! Why this scheme: a shard may hold 10,000 queues, so index files are opened only while a
-//! checkpoint appends to them (no fd per queue), and lookups never touch disk. The checkpoint
-//! records, per queue, how many entries of the file are persisted and their CRC-32C; recovery
-//! loads exactly those and rebuilds the rest by scanning the commit log from the checkpoint.
+//! Why this scheme: a shard may hold 10,000 queues, and lookups never touch disk. Persisting
+//! the index per queue cost one file open, write and fdatasync per written queue at every
+//! checkpoint; per segment it costs one write and one fdatasync per segment touched since the
+//! last checkpoint (usually one), whatever the number of queues.
 //!
 //! Invariants: entries are in offset order and dense (`next.base_offset == prev.last_offset +
 //! 1`); log positions increase; `prefix_max_ts` is non-decreasing, so timestamp lookups can
-//! binary-search it. Crash: an index file may hold more entries than the checkpoint counts
-//! (written, then the checkpoint never landed); they are ignored and overwritten.
+//! binary-search it. Crash: what is in memory only is rebuilt by recovery from the segment
+//! index files and the commit log.
 
-use crate::format::index_entry::{IndexEntry, INDEX_ENTRY_LEN};
+pub(crate) mod segments;
+
+use crate::format::index_entry::IndexEntry;
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-
-/// Largest index file prefix recovery will load for one queue (26.8 M batches).
-pub(crate) const MAX_INDEX_FILE_BYTES: u64 = 1 << 30;
-/// Folder of the index files, inside the shard directory.
-pub(crate) const INDEX_DIR: &str = "index";
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot {
@@ -29,9 +26,9 @@ pub(crate) struct Slot {
 
 /// The index and offsets of one queue.
 ///
-/// Durability contract: the first `persisted` entries are durable in the index file (checked
-/// by `persisted_crc`); the rest (`unpersisted`) exist only in memory and are rebuilt from the
-/// commit log after a crash.
+/// Durability contract: none of its own. Its entries are persisted, with those of every other
+/// queue, in the segment index files ([`segments::SegmentIndexes`]); its offsets and deleted
+/// flag in the checkpoint. Recovery rebuilds it from both and the commit log.
 #[derive(Debug, Default)]
 pub(crate) struct QueueIndex {
     pub slots: VecDeque<Slot>,
@@ -40,12 +37,6 @@ pub(crate) struct QueueIndex {
     /// First offset still readable.
     pub log_start_offset: u64,
     pub deleted: bool,
-    /// Entries durably in the index file, and the CRC-32C of their bytes.
-    pub persisted: u64,
-    pub persisted_crc: u32,
-    /// Entries appended since the last checkpoint, oldest first (retention does not trim them:
-    /// the file must stay dense).
-    pub unpersisted: Vec<IndexEntry>,
 }
 
 impl QueueIndex {
@@ -55,12 +46,12 @@ impl QueueIndex {
             entry: e,
             prefix_max_ts: prev.max(e.max_timestamp),
         });
-        self.unpersisted.push(e);
         self.end_offset = e.last_offset + 1;
     }
 
-    /// Adds an entry recovered from the index file (already persisted).
-    pub fn push_persisted(&mut self, e: IndexEntry) {
+    /// Adds an entry of a batch the checkpoint already counts (loaded from a segment index
+    /// file or rebuilt from a segment): the end offset is the checkpoint's.
+    pub fn push_recovered(&mut self, e: IndexEntry) {
         let prev = self.slots.back().map_or(i64::MIN, |s| s.prefix_max_ts);
         self.slots.push_back(Slot {
             entry: e,
@@ -113,20 +104,17 @@ impl QueueIndex {
             s.prefix_max_ts = m;
         }
     }
-}
 
-pub(crate) fn index_path(dir: &Path, queue: u32) -> PathBuf {
-    dir.join(INDEX_DIR).join(format!("{queue:010}.idx"))
-}
-
-/// Encodes entries for appending to an index file; returns the bytes and the running CRC.
-pub(crate) fn encode_entries(entries: &[IndexEntry], crc_before: u32) -> (Vec<u8>, u32) {
-    let mut out = Vec::with_capacity(entries.len() * INDEX_ENTRY_LEN);
-    for e in entries {
-        out.extend_from_slice(&e.encode());
+    /// After recovery: the log start is the first retained batch (or the end, when retention
+    /// removed every batch). Recovery loads entries only from segments that still exist, so a
+    /// checkpoint written before retention deleted a segment may name an older start.
+    pub fn settle_log_start(&mut self) {
+        let first = self
+            .slots
+            .front()
+            .map_or(self.end_offset, |s| s.entry.base_offset);
+        self.log_start_offset = self.log_start_offset.max(first);
     }
-    let crc = crc32c::crc32c_append(crc_before, &out);
-    (out, crc)
 }
 
 #[cfg(test)]
@@ -184,26 +172,30 @@ mod tests {
     }
 
     #[test]
-    fn trim_moves_log_start_and_keeps_unpersisted() {
+    fn trim_moves_log_start() {
         let mut q = sample();
         q.trim_before(150);
         assert_eq!(q.log_start_offset, 5);
         assert_eq!(q.slots.len(), 1);
-        assert_eq!(q.unpersisted.len(), 3);
         q.trim_before(1000);
         assert_eq!(q.log_start_offset, 9);
     }
 
     #[test]
-    fn running_crc_matches_whole_file_crc() {
-        let es = [entry(0, 1, 0, 0), entry(1, 1, 100, 0), entry(2, 1, 200, 0)];
-        let (a, crc_a) = encode_entries(&es[..1], 0);
-        let (b, crc_b) = encode_entries(&es[1..], crc_a);
-        let all = [a, b].concat();
-        assert_eq!(crc_b, crc32c::crc32c(&all));
-        assert_eq!(
-            crate::format::index_entry::decode_file(&all, 3, crc_b).unwrap(),
-            es.to_vec()
-        );
+    fn settled_log_start_is_the_first_retained_batch() {
+        let mut q = QueueIndex {
+            end_offset: 9,
+            ..QueueIndex::default()
+        };
+        q.push_recovered(entry(5, 4, 200, 30));
+        q.settle_log_start();
+        assert_eq!(q.log_start_offset, 5);
+        let mut empty = QueueIndex {
+            end_offset: 9,
+            log_start_offset: 3,
+            ..QueueIndex::default()
+        };
+        empty.settle_log_start();
+        assert_eq!(empty.log_start_offset, 9);
     }
 }

@@ -7,9 +7,18 @@
 //! opened before it, so a shard that "died" cannot write any more.
 //!
 //! Faults: [`MemStorage::fail_write_in`] / [`MemStorage::fail_fsync_in`] make the n-th next
-//! write or fdatasync return EIO. Directory operations (create, remove, rename) are durable
-//! immediately: a simplification that errs towards the real filesystem's behaviour after a
-//! directory sync.
+//! write or fdatasync return EIO.
+//!
+//! Interleavings: by default a completed `fdatasync` makes everything written so far durable,
+//! including writes that completed while it ran (generous, as a real disk often is).
+//! [`MemStorage::set_strict_fsync`] narrows each fdatasync to the writes that completed before
+//! it STARTED, the least the kernel promises; [`MemStorage::hold_fsyncs`] keeps every
+//! fdatasync open after it started until the test finishes it
+//! ([`MemStorage::finish_held_fsync`]), in any order, succeeding or failing, so tests can build
+//! "two syncs in flight, writes completing between their starts".
+//!
+//! Directory operations (create, remove, rename) are durable immediately: a simplification
+//! that errs towards the real filesystem's behaviour after a directory sync.
 
 use super::{FileKind, IoBuf, IoFuture, Storage, StorageFile, BLOCK_BYTES};
 use std::cell::RefCell;
@@ -37,7 +46,39 @@ struct MemFile {
     durable: Vec<u8>,
     /// (position, bytes) of each write since the last fdatasync, in issue order.
     unsynced: Vec<(u64, Vec<u8>)>,
+    /// Sequence number of `unsynced[0]` among all writes of this file; a strict fdatasync
+    /// notes the sequence number reached when it starts and makes only the writes before it
+    /// durable.
+    unsynced_first_seq: u64,
     modified_ms: i64,
+}
+
+impl MemFile {
+    fn write_seq_end(&self) -> u64 {
+        self.unsynced_first_seq + self.unsynced.len() as u64
+    }
+
+    /// Makes durable the unsynced writes numbered below `upto` (all of them for `u64::MAX`).
+    fn sync_upto(&mut self, upto: u64) {
+        if upto >= self.write_seq_end() {
+            self.durable = self.current.clone();
+            self.unsynced_first_seq = self.write_seq_end();
+            self.unsynced.clear();
+            return;
+        }
+        let n = upto.saturating_sub(self.unsynced_first_seq) as usize;
+        for (pos, data) in self.unsynced.drain(..n) {
+            write_into(&mut self.durable, pos, &data);
+        }
+        self.unsynced_first_seq += n as u64;
+    }
+}
+
+/// One fdatasync held open by [`MemStorage::hold_fsyncs`]: `Some(ok)` once the test finished it.
+struct HeldFsync {
+    path: PathBuf,
+    outcome: std::cell::Cell<Option<bool>>,
+    waker: RefCell<Option<std::task::Waker>>,
 }
 
 #[derive(Default)]
@@ -52,6 +93,10 @@ struct State {
     writes: u64,
     fsyncs: u64,
     prefers_written_extents: bool,
+    strict_fsync: bool,
+    hold_fsyncs: bool,
+    /// fdatasyncs held open, in start order (finished ones stay, so indexes are stable).
+    held: Vec<Rc<HeldFsync>>,
 }
 
 /// Shared handle on an in-memory filesystem; clones see the same files.
@@ -100,6 +145,45 @@ impl MemStorage {
     /// The `n`-th next fdatasync (0 = the very next one) fails with an I/O error.
     pub fn fail_fsync_in(&self, n: u64) {
         self.state.borrow_mut().fail_fsync_in = Some(n);
+    }
+
+    /// Strict fdatasyncs cover only the writes of their file that completed before they started
+    /// (see the module docs).
+    pub fn set_strict_fsync(&self, yes: bool) {
+        self.state.borrow_mut().strict_fsync = yes;
+    }
+
+    /// Every fdatasync started from now on (while `yes`) waits, after noting what it covers,
+    /// until [`MemStorage::finish_held_fsync`] finishes it.
+    pub fn hold_fsyncs(&self, yes: bool) {
+        self.state.borrow_mut().hold_fsyncs = yes;
+    }
+
+    /// The files of the fdatasyncs held so far (finished or not), in start order.
+    pub fn held_fsyncs(&self) -> Vec<PathBuf> {
+        self.state
+            .borrow()
+            .held
+            .iter()
+            .map(|h| h.path.clone())
+            .collect()
+    }
+
+    /// Finishes held fdatasync number `i` (start order): `ok` lets it complete as usual,
+    /// otherwise it fails with EIO and makes nothing durable. False if there is no such held
+    /// fdatasync or it was finished already.
+    pub fn finish_held_fsync(&self, i: usize, ok: bool) -> bool {
+        let h = self.state.borrow().held.get(i).cloned();
+        match h {
+            Some(h) if h.outcome.get().is_none() => {
+                h.outcome.set(Some(ok));
+                if let Some(w) = h.waker.borrow_mut().take() {
+                    w.wake();
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Makes the shard zero-fill its next segment ahead of time, as on ext4.
@@ -151,6 +235,7 @@ impl MemStorage {
             }
             f.current = img.clone();
             f.durable = img;
+            f.unsynced_first_seq = f.write_seq_end();
             f.unsynced.clear();
         }
     }
@@ -377,15 +462,46 @@ impl StorageFile for MemHandle {
 
     fn fdatasync(&self) -> IoFuture<'_, ()> {
         Box::pin(async move {
-            futures_lite::future::yield_now().await;
+            // What a strict fdatasync covers is fixed when it starts.
+            let (upto, held) = self.with_file(|st| {
+                let upto = match st.strict_fsync {
+                    true => st.files[&self.id].write_seq_end(),
+                    false => u64::MAX,
+                };
+                let held = st.hold_fsyncs.then(|| {
+                    let h = Rc::new(HeldFsync {
+                        path: self.path.clone(),
+                        outcome: Default::default(),
+                        waker: Default::default(),
+                    });
+                    st.held.push(h.clone());
+                    h
+                });
+                Ok((upto, held))
+            })?;
+            match held {
+                Some(h) => {
+                    let ok = futures_lite::future::poll_fn(|cx| match h.outcome.get() {
+                        Some(ok) => std::task::Poll::Ready(ok),
+                        None => {
+                            *h.waker.borrow_mut() = Some(cx.waker().clone());
+                            std::task::Poll::Pending
+                        }
+                    })
+                    .await;
+                    if !ok {
+                        return Err(eio("fdatasync (held, failed by the test)"));
+                    }
+                }
+                None => futures_lite::future::yield_now().await,
+            }
             self.with_file(|st| {
                 if take_fault(&mut st.fail_fsync_in) {
                     return Err(eio("fdatasync"));
                 }
                 st.fsyncs += 1;
                 let f = st.files.get_mut(&self.id).expect("checked by with_file");
-                f.durable = f.current.clone();
-                f.unsynced.clear();
+                f.sync_upto(upto);
                 Ok(())
             })
         })

@@ -1,9 +1,14 @@
-//! Recovery: rebuilds a shard's state from its checkpoint and the commit log. Idempotent:
-//! opening twice yields the same state, because everything it changes on disk (dropping
-//! segments past the end, the new checkpoint) is a function of what it found.
+//! Recovery: rebuilds a shard's state from its checkpoint, the segment index files and the
+//! commit log. Idempotent: opening twice yields the same state, because everything it changes
+//! on disk (dropping segments past the end, orphan index files, the new checkpoint) is a
+//! function of what it found.
 //!
 //! ```text
-//!  checkpoint (state at log_pos L) ──► load index files (count + CRC from the checkpoint)
+//!  checkpoint (state at log_pos L, per segment: index records counted + CRC)
+//!  for each segment before L, in log order:
+//!      load its .idx prefix (count + CRC) ──► distribute the entries to the queues
+//!      └ missing / short / bad CRC / inconsistent: scan that segment up to L instead; its
+//!        records are rewritten by the next checkpoint (bounded work, never a failed open)
 //!  scan the log from L: verify each entry (header, epoch, CRC, batch header, dense offsets)
 //!      │ valid: apply it (index entry, end offset, producer table, deletions)
 //!      └ first invalid entry at T: the log ends at T; segments after T are removed
@@ -12,21 +17,30 @@
 //!
 //! Faults handled: a torn or partly-landed tail (writes in flight land in any order, so valid
 //! entries may follow a hole: the first hole ends the log); stale entries beyond an earlier
-//! truncation (their epoch is smaller than the entry before them); an index file that fails
-//! its CRC (its queue's index is rebuilt from the log); a missing checkpoint (full scan).
-//! A checkpoint that exists but does not decode is fatal: `EngineError::Corrupt`.
+//! truncation (their epoch is smaller than the entry before them); a segment index file that
+//! is missing or fails its check (that segment is scanned); an index file whose segment is gone
+//! (retention crashed between its two deletions: removed); a missing checkpoint (full scan).
+//! A checkpoint that exists but does not decode is fatal: `EngineError::Corrupt`, or
+//! `EngineError::UnsupportedFormat` for a version this build does not read.
 
 use super::{parse_segment_name, segment_path, Segment, SegmentSet};
-use crate::format::checkpoint::Checkpoint;
+use crate::format::checkpoint::{Checkpoint, SegmentIndexState};
 use crate::format::entry::{verify_crc, EntryHeader, EntryKind, HEADER_LEN};
-use crate::format::index_entry::{decode_file, IndexEntry, INDEX_ENTRY_LEN};
-use crate::index::{index_path, QueueIndex, INDEX_DIR, MAX_INDEX_FILE_BYTES};
+use crate::format::index_entry::IndexEntry;
+use crate::format::segment_index::{
+    decode_records, RecordBounds, SegmentIndexRecord, SEGMENT_INDEX_RECORD_LEN,
+};
+use crate::format::FormatError;
+use crate::index::segments::{
+    max_records, parse_index_name, segment_index_path, Persisted, SegmentIndexes,
+};
+use crate::index::QueueIndex;
 use crate::io::{align_down, align_up, FileKind, Storage};
 use crate::producers::ProducerTable;
 use crate::{EngineError, QueueId, ShardConfig};
 use ringmq_wire::record_batch::BatchHeader;
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -45,48 +59,42 @@ pub(crate) struct Recovered {
     /// Where the next entry goes, and the bytes of its block already in the log.
     pub next_pos: u64,
     pub tail: Vec<u8>,
+    /// What each segment index file durably holds, and the records still to write (those
+    /// rebuilt by a segment scan and those of batches after the checkpoint), in log order.
+    pub seg_index: SegmentIndexes,
+    /// Segments whose index file was unusable and had to be scanned (tests and metrics).
+    pub rebuilt_segments: u64,
 }
 
 pub(crate) async fn recover(cfg: &ShardConfig, io: &dyn Storage) -> Result<Recovered, EngineError> {
     let dir = &cfg.dir;
-    io.create_dir_all(dir.join(INDEX_DIR))
+    io.create_dir_all(dir.clone())
         .await
         .map_err(|e| EngineError::io("create shard directory", dir, e))?;
     // A checkpoint that exists but does not decode is an error, not "no checkpoint": it was
     // renamed into place only when complete, so damage means the disk lies, and guessing
     // (scanning from 0) could resurrect data retention or deletion had removed.
     let ckpt = load_checkpoint(io, dir).await?;
-    let mut segments = open_segments(io, dir, cfg.segment_size_bytes).await?;
+    let names = io
+        .list_dir(dir.to_path_buf())
+        .await
+        .map_err(|e| EngineError::io("list shard directory", dir, e))?;
+    let mut segments = open_segments(io, dir, &names, cfg.segment_size_bytes).await?;
+    remove_orphan_indexes(io, dir, &names, &segments).await?;
     let first_start = segments.map.keys().next().copied();
 
-    let (mut scan, ckpt_pos, ckpt_epoch) = match &ckpt {
-        Some(c) => (Scan::from_checkpoint(io, dir, c).await?, c.log_pos, c.epoch),
-        None => (Scan::default(), 0, 0),
+    let mut scan = match &ckpt {
+        Some(c) => Scan::from_checkpoint(c),
+        None => Scan::default(),
     };
-    // Queues whose index file failed need the log from its first retained byte.
-    let mut from = if scan.rebuild.is_empty() {
-        ckpt_pos
-    } else {
-        first_start.unwrap_or(0).min(ckpt_pos)
-    };
-    // Retention checkpoints past a segment before deleting it, so `from` normally lies in an
-    // existing segment; the clamp only matters when the checkpoint is missing.
-    if let Some(first) = first_start {
-        from = from.max(first);
+    if let Some(c) = &ckpt {
+        scan.load_segment_indexes(io, dir, &segments, c).await?;
     }
-    scan.ckpt_pos = ckpt_pos;
-    scan.ckpt_epoch = ckpt_epoch;
-    let end = scan.run(&segments, from).await?;
-    if end < ckpt_pos {
-        // Only a rebuild scans before the checkpoint, and everything there was durable when
-        // the checkpoint was written: damage there is not a torn tail. Truncating would throw
-        // away acknowledged data (and every segment after it), so refuse instead.
-        return Err(EngineError::Corrupt {
-            path: dir.clone(),
-            offset: end,
-            reason: "commit log damaged before the checkpoint position",
-        });
-    }
+    let ckpt_pos = scan.ckpt_pos;
+    // Retention checkpoints past a segment before deleting it, so the checkpoint position
+    // normally lies in an existing segment; the clamp only matters when it is missing.
+    let from = first_start.map_or(ckpt_pos, |first| ckpt_pos.max(first));
+    let end = scan.run(&segments, from, u64::MAX).await?;
 
     // Segments after the end hold nothing valid: forget them, so a second open agrees.
     let stale: Vec<u64> = segments.map.keys().copied().filter(|&s| s > end).collect();
@@ -96,6 +104,7 @@ pub(crate) async fn recover(cfg: &ShardConfig, io: &dyn Storage) -> Result<Recov
             io.remove(seg.path.clone())
                 .await
                 .map_err(|e| EngineError::io("remove segment", &seg.path, e))?;
+            remove_if_present(io, segment_index_path(dir, seg.start)).await?;
         }
     }
     if segments.find(end).is_none() {
@@ -127,20 +136,20 @@ pub(crate) async fn recover(cfg: &ShardConfig, io: &dyn Storage) -> Result<Recov
     // The appender rewrites the block holding `end` whole: it needs the valid bytes before
     // `end` (what follows in that block is garbage and will be overwritten with zeros).
     let tail = read_tail(&active, end).await?;
-    if let Some(first) = segments.map.keys().next().copied() {
-        for q in scan.queues.values_mut() {
-            q.trim_before(first);
-        }
+    for q in scan.queues.values_mut() {
+        q.settle_log_start();
     }
     Ok(Recovered {
         // Larger than every epoch on disk, including those of stale entries past `end` (their
         // writers persisted their epoch in a checkpoint before writing them).
-        epoch: ckpt_epoch.max(scan.max_epoch) + 1,
+        epoch: scan.ckpt_epoch.max(scan.max_epoch) + 1,
         queues: scan.queues,
         producers: scan.producers,
         segments,
         next_pos: end,
         tail,
+        seg_index: scan.seg_index,
+        rebuilt_segments: scan.rebuilt_segments,
     })
 }
 
@@ -205,24 +214,55 @@ async fn load_checkpoint(io: &dyn Storage, dir: &Path) -> Result<Option<Checkpoi
         .read_at(0, size as usize)
         .await
         .map_err(|e| EngineError::io("read checkpoint", &path, e))?;
-    Checkpoint::decode(&bytes)
-        .map(Some)
-        .map_err(|_| EngineError::Corrupt {
+    match Checkpoint::decode(&bytes) {
+        Ok(c) => Ok(Some(c)),
+        // Magic right, version not ours: a directory written by another format version (v1
+        // kept one index file per queue). Refused as such, not reported as damage.
+        Err(FormatError::BadVersion(found)) => Err(EngineError::UnsupportedFormat {
+            path,
+            found,
+            supported: crate::format::checkpoint::VERSION,
+        }),
+        Err(_) => Err(EngineError::Corrupt {
             path,
             offset: 0,
             reason: "checkpoint does not decode",
-        })
+        }),
+    }
+}
+
+/// Removes index files whose segment is gone: retention removes a segment's `.log` (durably)
+/// before its `.idx`, so a crash between the two leaves such an orphan. Nothing reads it.
+async fn remove_orphan_indexes(
+    io: &dyn Storage,
+    dir: &Path,
+    names: &[String],
+    segments: &SegmentSet,
+) -> Result<(), EngineError> {
+    for start in names.iter().filter_map(|n| parse_index_name(n)) {
+        if !segments.map.contains_key(&start) {
+            let path = segment_index_path(dir, start);
+            tracing::info!(path = %path.display(), "removing the index file of a deleted segment");
+            remove_if_present(io, path).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn remove_if_present(io: &dyn Storage, path: std::path::PathBuf) -> Result<(), EngineError> {
+    match io.remove(path.clone()).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(EngineError::io("remove segment index", &path, e)),
+    }
 }
 
 async fn open_segments(
     io: &dyn Storage,
     dir: &Path,
+    names: &[String],
     default_size: u64,
 ) -> Result<SegmentSet, EngineError> {
-    let names = io
-        .list_dir(dir.to_path_buf())
-        .await
-        .map_err(|e| EngineError::io("list shard directory", dir, e))?;
     // Half-prepared next segments are not part of the log.
     for n in names
         .iter()
@@ -297,8 +337,8 @@ async fn read_tail(seg: &Segment, end: u64) -> Result<Vec<u8>, EngineError> {
 struct Scan {
     queues: HashMap<QueueId, QueueIndex>,
     producers: ProducerTable,
-    /// Queues whose index file did not verify: rebuilt from entries before the checkpoint.
-    rebuild: HashSet<QueueId>,
+    seg_index: SegmentIndexes,
+    rebuilt_segments: u64,
     ckpt_pos: u64,
     /// Every entry at or after `ckpt_pos` was written by the run that wrote the checkpoint or
     /// a later one, so its epoch is at least this.
@@ -307,53 +347,145 @@ struct Scan {
 }
 
 impl Scan {
-    async fn from_checkpoint(
-        io: &dyn Storage,
-        dir: &Path,
-        c: &Checkpoint,
-    ) -> Result<Scan, EngineError> {
-        let mut scan = Scan {
+    /// The queues' offsets and the producer table as the checkpoint saw them; their index
+    /// entries come from [`Scan::load_segment_indexes`].
+    fn from_checkpoint(c: &Checkpoint) -> Scan {
+        let queues = c
+            .queues
+            .iter()
+            .map(|qs| {
+                let q = QueueIndex {
+                    end_offset: qs.end_offset,
+                    log_start_offset: qs.log_start_offset,
+                    deleted: qs.deleted,
+                    ..QueueIndex::default()
+                };
+                (QueueId(qs.queue_id), q)
+            })
+            .collect();
+        Scan {
+            queues,
             producers: ProducerTable::from_states(&c.producers, c.max_producer_id),
             max_epoch: c.epoch,
+            ckpt_pos: c.log_pos,
+            ckpt_epoch: c.epoch,
             ..Scan::default()
-        };
-        for qs in &c.queues {
-            let id = QueueId(qs.queue_id);
-            let mut q = QueueIndex {
-                end_offset: qs.end_offset,
-                log_start_offset: qs.log_start_offset,
-                deleted: qs.deleted,
-                persisted: qs.index_entries,
-                persisted_crc: qs.index_crc,
-                ..QueueIndex::default()
+        }
+    }
+
+    /// Gives every queue its entries of the batches before the checkpoint, segment by segment
+    /// in log order (so each queue's entries stay in offset order): from the segment's index
+    /// file when it verifies, else by scanning that segment (its records then wait in
+    /// `seg_index.pending` for the next checkpoint to rewrite the file).
+    async fn load_segment_indexes(
+        &mut self,
+        io: &dyn Storage,
+        dir: &Path,
+        segments: &SegmentSet,
+        c: &Checkpoint,
+    ) -> Result<(), EngineError> {
+        let ckpt_pos = c.log_pos;
+        for seg in segments.map.values().filter(|s| s.start < ckpt_pos) {
+            let bounds = RecordBounds {
+                start: seg.start,
+                end: seg.end().min(ckpt_pos),
             };
-            if !qs.deleted && qs.index_entries > 0 {
-                match load_index(io, dir, qs.queue_id, qs.index_entries, qs.index_crc).await {
-                    Ok(entries) => entries.into_iter().for_each(|e| q.push_persisted(e)),
-                    Err(reason) => {
-                        tracing::warn!(
-                            queue = qs.queue_id,
-                            reason,
-                            "index file unusable; rebuilding it from the log"
-                        );
-                        q.persisted = 0;
-                        q.persisted_crc = 0;
-                        scan.rebuild.insert(id);
+            let state = c
+                .segments
+                .binary_search_by_key(&seg.start, |s| s.segment_start)
+                .ok()
+                .map(|i| c.segments[i]);
+            let applied = match state {
+                Some(st) => load_segment_index(io, dir, seg, st, bounds)
+                    .await
+                    .and_then(|records| self.distribute(&records))
+                    .map(|()| st),
+                None => Err("segment missing from the checkpoint"),
+            };
+            match applied {
+                Ok(st) => {
+                    if st.records > 0 {
+                        let p = Persisted {
+                            records: st.records,
+                            crc: st.crc,
+                        };
+                        self.seg_index.persisted.insert(seg.start, p);
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        segment = %seg.path.display(),
+                        reason,
+                        "segment index unusable; rebuilding it from the segment"
+                    );
+                    self.rebuilt_segments += 1;
+                    let end = self.run(segments, seg.start, bounds.end).await?;
+                    if end < bounds.end {
+                        // Everything before the checkpoint position was durable when the
+                        // checkpoint was written: damage there is not a torn tail. Truncating
+                        // would throw away acknowledged data (and every segment after it).
+                        return Err(EngineError::Corrupt {
+                            path: seg.path.clone(),
+                            offset: end - seg.start,
+                            reason: "commit log damaged before the checkpoint position",
+                        });
                     }
                 }
             }
-            scan.queues.insert(id, q);
         }
-        Ok(scan)
+        Ok(())
     }
 
-    /// Verifies and applies entries from `from` on; returns the log position where the valid
-    /// log ends.
-    async fn run(&mut self, segments: &SegmentSet, from: u64) -> Result<u64, EngineError> {
+    /// Appends a segment's loaded records to their queues, after checking that they continue
+    /// each queue densely and stay below its checkpointed end (a file that passed its CRC but
+    /// disagrees with the checkpoint is not trusted: nothing is applied, the segment is
+    /// scanned instead). Records of queues the checkpoint marks deleted are skipped.
+    fn distribute(&mut self, records: &[SegmentIndexRecord]) -> Result<(), &'static str> {
+        let mut next: HashMap<u32, u64> = HashMap::new();
+        for r in records {
+            let Some(q) = self.queues.get(&QueueId(r.queue_id)) else {
+                return Err("record of a queue the checkpoint does not know");
+            };
+            if q.deleted {
+                continue;
+            }
+            let e = &r.entry;
+            let expected = next
+                .get(&r.queue_id)
+                .copied()
+                .or_else(|| q.slots.back().map(|s| s.entry.last_offset + 1));
+            if expected.is_some_and(|x| x != e.base_offset) || e.last_offset >= q.end_offset {
+                return Err("records do not continue their queue");
+            }
+            next.insert(r.queue_id, e.last_offset + 1);
+        }
+        for r in records {
+            if let Some(q) = self
+                .queues
+                .get_mut(&QueueId(r.queue_id))
+                .filter(|q| !q.deleted)
+            {
+                q.push_recovered(r.entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies and applies entries from `from` on, up to `until` at most; returns the log
+    /// position where the valid log ends (or `until`).
+    async fn run(
+        &mut self,
+        segments: &SegmentSet,
+        from: u64,
+        until: u64,
+    ) -> Result<u64, EngineError> {
         let mut pos = from;
         let mut last_epoch = 0u64;
         let mut win = Window::default();
-        while let Some(seg) = segments.find(pos).cloned() {
+        while pos < until {
+            let Some(seg) = segments.find(pos).cloned() else {
+                break;
+            };
             // Fewer than a header's bytes left: the appender never starts an entry there.
             if seg.end() - pos < HEADER_LEN as u64 {
                 pos = seg.end();
@@ -441,16 +573,21 @@ impl Scan {
                     tag_hash: 0,
                     max_timestamp: h.max_timestamp,
                 };
-                let q = self.queues.entry(id).or_default();
+                let record = SegmentIndexRecord {
+                    queue_id: id.0,
+                    entry,
+                };
                 if before_ckpt {
-                    // The checkpoint already counts this batch; only a rebuilt index needs it.
-                    if self.rebuild.contains(&id) && !q.deleted {
-                        let end = q.end_offset;
-                        q.push(entry);
-                        q.end_offset = end;
+                    // Only a segment whose index file failed is scanned before the checkpoint:
+                    // the checkpoint counts this batch (offsets, producers); the queue needs
+                    // its entry, and the index file its record back.
+                    if let Some(q) = self.queues.get_mut(&id).filter(|q| !q.deleted) {
+                        q.push_recovered(entry);
+                        self.seg_index.pending.push(record);
                     }
                     return Ok(());
                 }
+                let q = self.queues.entry(id).or_default();
                 if q.deleted {
                     return Ok(());
                 }
@@ -460,6 +597,7 @@ impl Scan {
                     return Err("batch offsets are not dense");
                 }
                 q.push(entry);
+                self.seg_index.pending.push(record);
                 self.producers.record(id, &b, h.base_offset, last);
             }
             EntryKind::QueueDeleted => {
@@ -467,7 +605,6 @@ impl Scan {
                     let q = self.queues.entry(id).or_default();
                     q.deleted = true;
                     q.slots.clear();
-                    q.unpersisted.clear();
                     self.producers.remove_queue(id);
                 }
             }
@@ -481,29 +618,43 @@ fn stop(seg: &Segment, pos: u64, reason: &str) {
     tracing::info!(segment = %seg.path.display(), at = pos - seg.start, reason, "commit log ends here");
 }
 
-async fn load_index(
+/// Reads and verifies the prefix of a segment's index file that the checkpoint counts. Any
+/// failure is a reason to scan the segment instead, never an error of the open.
+async fn load_segment_index(
     io: &dyn Storage,
     dir: &Path,
-    queue: u32,
-    count: u64,
-    crc: u32,
-) -> Result<Vec<IndexEntry>, &'static str> {
-    let bytes = count
-        .checked_mul(INDEX_ENTRY_LEN as u64)
-        .ok_or("entry count overflows")?;
-    if bytes > MAX_INDEX_FILE_BYTES {
-        return Err("index file larger than its limit");
+    seg: &Segment,
+    st: SegmentIndexState,
+    bounds: RecordBounds,
+) -> Result<Vec<SegmentIndexRecord>, &'static str> {
+    if st.records == 0 {
+        return Ok(Vec::new());
     }
-    let path = index_path(dir, queue);
+    // The count comes from disk: bound it before allocating (a segment of n bytes holds at
+    // most n / MIN_BATCH_ENTRY_LEN batches, and never more than MAX_SEGMENT_INDEX_BYTES).
+    if st.records > max_records(seg.size) {
+        return Err("index record count larger than its segment can hold");
+    }
+    let bytes = st.records * SEGMENT_INDEX_RECORD_LEN as u64;
     let file = io
-        .open(path, FileKind::Buffered, false)
+        .open(
+            segment_index_path(dir, seg.start),
+            FileKind::Buffered,
+            false,
+        )
         .await
         .map_err(|_| "index file missing")?;
+    // A short file (torn, or its last write lost) is known without reading it.
+    let size = file.size().await.map_err(|_| "index file unreadable")?;
+    if size < bytes {
+        return Err("index file shorter than the checkpoint counts");
+    }
     let data = file
         .read_at(0, bytes as usize)
         .await
         .map_err(|_| "index file unreadable")?;
-    decode_file(&data, count, crc).map_err(|_| "index file does not match the checkpoint")
+    decode_records(&data, st.records, st.crc, bounds)
+        .map_err(|_| "index file does not match the checkpoint")
 }
 
 /// A read-ahead window over one segment.

@@ -3,8 +3,21 @@
 //! Only a prefix of the log is ever deleted (never the active segment), so every queue's log
 //! start offset only moves forward. The shard writes a checkpoint past a segment before it
 //! deletes it, so recovery never needs bytes that retention removed.
+//!
+//! A segment is two files, deleted in this order:
+//!
+//! ```text
+//!  1 remove <start>.log, sync the directory    (the log is gone for good)
+//!  2 remove <start>.idx, sync the directory
+//! ```
+//!
+//! Crash between 1 and 2: an orphan `.idx` remains; recovery reads an index file only for a
+//! segment whose `.log` exists, and removes orphans. The reverse order could leave a `.log`
+//! whose index is gone, which recovery would rebuild by scanning the whole segment, only for
+//! retention to delete it again.
 
 use super::SegmentSet;
+use crate::index::segments::segment_index_path;
 use crate::log::recovery::now_ms;
 use crate::shard::Inner;
 use crate::EngineError;
@@ -42,6 +55,9 @@ impl Inner {
             for q in st.queues.values_mut() {
                 q.trim_before(end);
             }
+            for s in &doomed {
+                st.seg_index.forget(*s);
+            }
             doomed
                 .iter()
                 .filter_map(|s| st.segments.map.remove(s))
@@ -53,12 +69,16 @@ impl Inner {
                 .remove(seg.path.clone())
                 .await
                 .map_err(|e| EngineError::io("remove segment", &seg.path, e))?;
+            self.sync_dir().await?;
+            let idx = segment_index_path(&self.cfg.dir, seg.start);
+            match self.io.remove(idx.clone()).await {
+                Ok(()) => {}
+                // A segment that never held a batch has no index file.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(EngineError::io("remove segment index", &idx, e)),
+            }
         }
-        let dir = self.cfg.dir.clone();
-        self.io
-            .sync_dir(dir.clone())
-            .await
-            .map_err(|e| EngineError::io("sync directory", &dir, e))
+        self.sync_dir().await
     }
 }
 

@@ -183,8 +183,12 @@ fn index_files_are_loaded_or_rebuilt_when_damaged() {
         let q0 = read_all(&s, QueueId(0)).await;
         assert_eq!(q0.len(), 15);
         drop(s);
-        assert!(io.flip_bit(std::path::Path::new("/i/index/0000000000.idx"), 45, 3));
+        assert!(io.flip_bit(std::path::Path::new("/i/00000000000000000000.idx"), 45, 3));
         let s = open(&c, &io).await;
+        assert_eq!(
+            s.inner.rebuilt_segments, 1,
+            "the damaged segment index was rebuilt"
+        );
         assert_eq!(
             read_all(&s, QueueId(0)).await,
             q0,
@@ -272,7 +276,7 @@ fn damage_before_the_checkpoint_is_refused_not_truncated() {
         }
         s.close().await.unwrap();
         drop(s);
-        assert!(io.flip_bit(std::path::Path::new("/dd/index/0000000000.idx"), 3, 1));
+        assert!(io.flip_bit(std::path::Path::new("/dd/00000000000000000000.idx"), 3, 1));
         assert!(io.flip_bit(std::path::Path::new("/dd/00000000000000000000.log"), 200, 4));
         let e = Shard::open_with_io(c, Rc::new(io.clone()) as Rc<dyn Storage>)
             .await

@@ -4,6 +4,7 @@
 
 mod crash;
 mod real_files;
+mod segment_index;
 
 use crate::io::{CrashMode, MemStorage, Storage};
 use crate::{Durability, EngineError, Offset, QueueId, Shard, ShardConfig};
@@ -138,6 +139,34 @@ fn append_assigns_dense_offsets_and_reads_back() {
             Err(EngineError::OffsetOutOfRange { .. })
         ));
         assert_eq!(s.queues(), vec![q1, q2]);
+        s.close().await.unwrap();
+    });
+}
+
+#[test]
+fn max_timestamp_is_the_largest_of_the_readable_batches() {
+    run(|| async {
+        let io = MemStorage::new();
+        let s = open(&cfg("/mt"), &io).await;
+        let q = QueueId(3);
+        assert_eq!(s.max_timestamp(q).unwrap(), None);
+        // Timestamps out of order across batches: the maximum sits in the middle batch.
+        for (n, ts) in [(2, 100), (3, 500), (1, 300)] {
+            s.append(q, batch(n, ts, -1, -1, 10), Durability::Written)
+                .await
+                .unwrap();
+        }
+        // Records of the middle batch carry 500, 501, 502.
+        assert_eq!(s.max_timestamp(q).unwrap(), Some(502));
+        assert_eq!(
+            s.offset_for_timestamp(q, 502).await.unwrap(),
+            Some((Offset(2), 502))
+        );
+        s.delete_queue(q).await.unwrap();
+        assert!(matches!(
+            s.max_timestamp(q),
+            Err(EngineError::QueueDeleted(_))
+        ));
         s.close().await.unwrap();
     });
 }
@@ -316,11 +345,13 @@ fn deleted_queue_stays_deleted_after_a_crash() {
         s.append(QueueId(4), batch(1, 0, -1, -1, 10), Durability::Written)
             .await
             .unwrap();
-        s.close().await.unwrap(); // the checkpoint writes queue 3's index file
+        s.close().await.unwrap(); // the checkpoint writes both queues' index records
         drop(s);
-        assert!(io
-            .contents(std::path::Path::new("/x/index/0000000003.idx"))
-            .is_some());
+        assert_eq!(
+            io.contents(std::path::Path::new("/x/00000000000000000000.idx"))
+                .map(|b| b.len()),
+            Some(2 * 48)
+        );
         let s = open(&c, &io).await;
         s.delete_queue(QueueId(3)).await.unwrap();
         assert!(matches!(
@@ -340,16 +371,15 @@ fn deleted_queue_stays_deleted_after_a_crash() {
         s.delete_queue(QueueId(3)).await.unwrap();
         s.close().await.unwrap();
         drop(s);
-        let idx = std::path::Path::new("/x/index/0000000003.idx");
-        assert!(
-            io.contents(idx).is_none(),
-            "index file of a deleted queue is removed"
-        );
-        assert!(io
-            .contents(std::path::Path::new("/x/index/0000000004.idx"))
-            .is_some());
+        // The segment index still holds queue 3's record; the checkpoint's deleted flag wins.
         let s = open(&c, &io).await;
         assert_eq!(s.queues(), vec![QueueId(4)]);
+        assert_eq!(s.inner.rebuilt_segments, 0);
+        assert!(matches!(
+            s.read(QueueId(3), Offset(0), 10).await,
+            Err(EngineError::QueueDeleted(_))
+        ));
+        assert_eq!(read_all(&s, QueueId(4)).await, vec![(0, 1)]);
     });
 }
 
@@ -563,7 +593,8 @@ fn wait_for_data_wakes_a_tail_reader() {
     });
 }
 
-/// Thousands of queues: one index file each, written at the checkpoint, loaded at reopen.
+/// Thousands of queues: one index file for their one segment, written at the checkpoint,
+/// loaded at reopen.
 #[test]
 fn many_queues_checkpoint_and_reload() {
     run(|| async {
@@ -595,8 +626,9 @@ fn many_queues_checkpoint_and_reload() {
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "idx"))
             .count();
-        assert_eq!(idx, QUEUES as usize);
+        assert_eq!(idx, 1, "one index file per segment, not per queue");
         let s = open(&c, &io).await;
+        assert_eq!(s.inner.rebuilt_segments, 0);
         assert_eq!(s.queues().len(), QUEUES as usize);
         for q in [0, 1, 2, 1499, 2999] {
             assert_eq!(s.end_offset(QueueId(q)), Offset(1 + u64::from(q % 3)));
