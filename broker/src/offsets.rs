@@ -67,21 +67,29 @@ async fn lookup(queue: QueueId, ts: i64) -> (i16, i64, i64) {
     match ts {
         LATEST_TIMESTAMP => (errors::NONE, -1, end),
         EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => (errors::NONE, -1, start),
-        // No max-timestamp index yet: the last record is the answer for CreateTime topics
-        // whose producers send increasing timestamps (the common case); timestamp unknown.
-        MAX_TIMESTAMP if end == start => (errors::NONE, -1, -1),
-        MAX_TIMESTAMP => (errors::NONE, -1, end - 1),
-        ts if ts < 0 => (errors::INVALID_REQUEST, -1, -1),
-        ts => match core.store.offset_for_timestamp(queue, ts).await {
-            Ok(Some((base, max_ts))) => {
-                let (offset, found_ts) = first_record_at(&core, queue, base, ts)
-                    .await
-                    .unwrap_or((base.0 as i64, max_ts));
-                (errors::NONE, found_ts, offset)
-            }
+        // The record with the largest timestamp (the first of equals), and that timestamp.
+        MAX_TIMESTAMP => match core.store.max_timestamp(queue) {
+            Ok(Some(max)) => at_or_after(&core, queue, max).await,
             Ok(None) => (errors::NONE, -1, -1),
             Err(e) => (errors::from_engine(&e), -1, -1),
         },
+        ts if ts < 0 => (errors::INVALID_REQUEST, -1, -1),
+        ts => at_or_after(&core, queue, ts).await,
+    }
+}
+
+/// The first record whose timestamp is `>= ts`: (error, its timestamp, its offset), or
+/// (NONE, -1, -1) when there is none.
+async fn at_or_after(core: &Core, queue: QueueId, ts: i64) -> (i16, i64, i64) {
+    match core.store.offset_for_timestamp(queue, ts).await {
+        Ok(Some((base, max_ts))) => {
+            let (offset, found_ts) = first_record_at(core, queue, base, ts)
+                .await
+                .unwrap_or((base.0 as i64, max_ts));
+            (errors::NONE, found_ts, offset)
+        }
+        Ok(None) => (errors::NONE, -1, -1),
+        Err(e) => (errors::from_engine(&e), -1, -1),
     }
 }
 

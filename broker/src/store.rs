@@ -59,6 +59,14 @@ impl Store {
         }
     }
 
+    /// Largest record timestamp of the queue's readable batches.
+    pub fn max_timestamp(&self, q: QueueId) -> Result<Option<i64>, EngineError> {
+        match self {
+            Store::Engine(s) => s.max_timestamp(q),
+            Store::Memory(m) => Ok(m.queue(q, |mq| mq.batches.iter().map(|b| b.max_ts).max())),
+        }
+    }
+
     pub async fn offset_for_timestamp(
         &self,
         q: QueueId,

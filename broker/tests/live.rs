@@ -595,9 +595,10 @@ fn groups_on_several_cores_join_commit_and_fetch_offsets() {
 }
 
 /// ListOffsets by timestamp answers the first record at or after the timestamp, inside plain
-/// and compressed batches alike (not the start of the batch holding it).
+/// and compressed batches alike (not the start of the batch holding it); max timestamp (-3)
+/// answers the record holding the largest timestamp, wherever it is.
 #[test]
-fn list_offsets_by_timestamp_finds_the_record_inside_plain_and_gzip_batches() {
+fn list_offsets_by_timestamp_and_max_timestamp_find_the_record_inside_plain_and_gzip_batches() {
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     use kafka_protocol::records::{
         Compression, Record as KRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -634,11 +635,19 @@ fn list_offsets_by_timestamp_finds_the_record_inside_plain_and_gzip_batches() {
     };
     RecordBatchEncoder::encode(&mut gz, &records, &options).unwrap();
     assert_eq!(produce(&mut c, "ts", 0, gz.to_vec(), 1), (0, 5));
+    // Offsets 10..15 plain again, timestamps back at 1000..1004: the largest timestamp is
+    // now inside the gzip batch, not at the end.
+    assert_eq!(
+        produce(&mut c, "ts", 0, batch(5, ProducerStamp::NONE), 1),
+        (0, 10)
+    );
     for (ts, want_offset, want_ts) in [
         (1002, 2, 1002),
         (1500, 5, 2000),
         (2003, 8, 2003),
         (9999, -1, -1),
+        // -3: the record with the largest timestamp.
+        (-3, 9, 2004),
     ] {
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
