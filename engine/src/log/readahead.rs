@@ -191,9 +191,14 @@ pub(crate) async fn read_entries_ahead(
     if let Some(&last) = needed.last() {
         read_ahead(cache, seg, last, limit);
     }
-    locs.iter()
-        .map(|loc| slice_entry(seg, &chunks, loc))
-        .collect()
+    // Verifying is a CRC over every byte (up to MAX_CHUNKS_PER_READ MiB): let the executor
+    // run other tasks (appends of the same core) between entries when its time slice is up.
+    let mut out = Vec::with_capacity(locs.len());
+    for loc in locs {
+        out.push(slice_entry(seg, &chunks, loc)?);
+        glommio::yield_if_needed().await;
+    }
+    Ok(out)
 }
 
 /// First and last chunk start (log positions) holding the entry.
