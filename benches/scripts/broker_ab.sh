@@ -27,6 +27,8 @@ LOADGEN=${LOADGEN:-$REPO/target/release/ringmq-loadgen}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/ringmq-ab.XXXXXX)}
 mkdir -p "$OUT_DIR"
 
+# shellcheck source=lib.sh
+source "$REPO/benches/scripts/lib.sh"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -41,11 +43,7 @@ start() {
     taskset -c "$BROKER_CPU" "$2" --cores 1 --listen 127.0.0.1:0 --data-dir "$OUT_DIR/data-$1" \
         >"$log" 2>&1 &
     PIDS+=($!)
-    for _ in $(seq 1 300); do
-        port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$log" | head -1 | awk -F: '{print $NF}' || true)
-        [[ -n "$port" ]] && break
-        sleep 0.1
-    done
+    port=$(broker_port "$log" "${PIDS[-1]}" 30)
     [[ -n "$port" ]] || {
         cat "$log" >&2
         exit 2

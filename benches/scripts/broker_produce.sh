@@ -43,25 +43,20 @@ mkdir -p "$OUT_DIR"
 SUMMARY="$OUT_DIR/summary.txt"
 : >"$SUMMARY"
 
-BROKER_PID=""
+# shellcheck source=lib.sh
+source "$REPO/benches/scripts/lib.sh"
 cleanup() {
-    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-    fi
+    kill_broker
     rm -rf "$OUT_DIR"/data-*
 }
 trap cleanup EXIT
 
-say() { echo "$*" | tee -a "$SUMMARY"; }
-log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" >&2; }
 check_deadline() {
     if ((SECONDS > MAX_SECONDS)); then
         say "ABORTED: past MAX_SECONDS=$MAX_SECONDS (figures so far are in $OUT_DIR)"
         exit 3
     fi
 }
-load1() { cut -d' ' -f1 /proc/loadavg; }
 
 # ---- machine ---------------------------------------------------------------------------------
 say "ringmq issue-3 produce benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -71,63 +66,18 @@ say "git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (work
 say "out dir: $OUT_DIR"
 
 # ---- build -----------------------------------------------------------------------------------
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building release binaries (cargo build --release -p ringmq-broker -p ringmq-loadgen)"
-    (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release -p ringmq-broker -p ringmq-loadgen)
-fi
+build_release "$REPO" "$BUILD_TIMEOUT"
 SECONDS=0 # the benchmark's own time budget starts after the build
-[[ -x "$BIN/ringmq" && -x "$BIN/ringmq-loadgen" ]] || {
-    echo "missing $BIN/ringmq or $BIN/ringmq-loadgen" >&2
-    exit 2
-}
 say "binaries: $(ls -l --time-style=+%H:%M "$BIN/ringmq" "$BIN/ringmq-loadgen" | awk '{print $7, $6}' | tr '\n' ' ')"
 
 # ---- helpers ---------------------------------------------------------------------------------
-PORT=""
 STORAGE_ARGS=()
-start_broker() { # $1 = name
-    local dir="$OUT_DIR/data-$1" logf="$OUT_DIR/broker-$1.log"
-    rm -rf "$dir"
-    taskset -c "$BROKER_CPU" "$BIN/ringmq" --cores 1 --listen 127.0.0.1:0 --data-dir "$dir" \
-        "${STORAGE_ARGS[@]}" >"$logf" 2>&1 &
-    BROKER_PID=$!
-    PORT=""
-    for _ in $(seq 1 300); do # up to 30 s
-        PORT=$(grep -o 'listening on [0-9.]*:[0-9]*' "$logf" | head -1 | awk -F: '{print $NF}' || true)
-        [[ -n "$PORT" ]] && break
-        kill -0 "$BROKER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [[ -z "$PORT" ]]; then
-        echo "broker did not start; log:" >&2
-        cat "$logf" >&2
-        exit 2
-    fi
-    log "broker $1 pid $BROKER_PID on port $PORT"
-}
-stop_broker() {
-    kill "$BROKER_PID" 2>/dev/null || true
-    timeout 30 tail --pid="$BROKER_PID" -f /dev/null || kill -9 "$BROKER_PID" 2>/dev/null || true
-    wait "$BROKER_PID" 2>/dev/null || true
-    BROKER_PID=""
+# start_fresh NAME: a broker on an empty OUT_DIR/data-NAME, with STORAGE_ARGS.
+start_fresh() {
+    rm -rf "$OUT_DIR/data-$1"
+    start_broker "$1" "$OUT_DIR/data-$1" "${STORAGE_ARGS[@]}"
 }
 rss_kib() { awk '/^VmRSS/{print $2}' "/proc/$BROKER_PID/status"; }
-# Broker CPU time (ns, utime+stime of /proc/<pid>/stat, which counts exited threads too) and
-# run-queue wait (ns) of its executor thread(s) (`ringmq-core-*`, from /proc/<pid>/task/*/schedstat):
-# time the broker was ready to run but another process had its core.
-sched_ns() {
-    local tck
-    tck=$(getconf CLK_TCK)
-    local cpu
-    cpu=$(awk -v t="$tck" '{printf "%.0f", ($14 + $15) * 1e9 / t}' "/proc/$BROKER_PID/stat")
-    local w=0 t
-    for t in /proc/"$BROKER_PID"/task/*; do
-        if [[ "$(cat "$t/comm" 2>/dev/null)" == ringmq-core* ]]; then
-            w=$(awk -v w="$w" '{printf "%.0f", w + $2}' "$t/schedstat" 2>/dev/null || echo "$w")
-        fi
-    done
-    echo "$cpu $w"
-}
 # fdatasync latency of 4 KiB writes in the data directory's file system, right now: the disk is
 # shared too, and acks=all latency cannot beat it.
 fsync_probe() {
@@ -161,37 +111,10 @@ lg() {
     local name=$1
     shift
     check_deadline
-    local l0 s0 s1 t0 t1
-    l0=$(load1)
-    read -r -a s0 < <(sched_ns)
-    t0=$(date +%s%N)
-    local rc=0
-    timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CPU" "$BIN/ringmq-loadgen" \
-        --bootstrap "127.0.0.1:$PORT" --cores "$LOADGEN_CPU" --producers 1 --consumers 0 \
-        --record-size 1024 --warmup "$WARMUP" --quiet --json "$OUT_DIR/$name.json" "$@" \
-        >"$OUT_DIR/$name.txt" 2>&1 || rc=$?
-    t1=$(date +%s%N)
-    read -r -a s1 < <(sched_ns)
-    echo "load1=$l0 rc=$rc wall_ms=$(((t1 - t0) / 1000000)) broker_cpu_ms=$(((s1[0] - s0[0]) / 1000000)) broker_runq_wait_ms=$(((s1[1] - s0[1]) / 1000000))" \
-        >"$OUT_DIR/$name.meta"
+    loadgen_run "$name" "$RUN_TIMEOUT" --producers 1 --consumers 0 --warmup "$WARMUP" "$@"
     log "$name: $(jq -r '.results.produce | "\(.mb_per_s) MB/s \(.records_per_s) rec/s p99 \(.latency.p99_us)us"' "$OUT_DIR/$name.json" 2>/dev/null || echo 'no report') ($(cat "$OUT_DIR/$name.meta"))"
-    if ((rc != 0)); then
-        say "WARNING: $name exited $rc (see $OUT_DIR/$name.txt)"
-    fi
 }
 
-# Statistics over the JSON reports NAME_1..NAME_REPS: "median [min..max]".
-stat() { # $1 = name prefix, $2 = jq path
-    local vals
-    vals=$(for i in $(seq 1 "$REPS"); do jq -r "$2 // empty" "$OUT_DIR/${1}_$i.json" 2>/dev/null; done)
-    if [[ -z "$vals" ]]; then
-        echo "n/a"
-        return
-    fi
-    echo "$vals" | sort -g | awk '{v[NR]=$1} END {m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%.1f [%.1f..%.1f]", m, v[1], v[NR]}'
-}
-median() { stat "$1" "$2" | cut -d' ' -f1; }
-loads() { for i in $(seq 1 "$REPS"); do grep -o 'load1=[0-9.]*' "$OUT_DIR/${1}_$i.meta" | cut -d= -f2; done | tr '\n' ' '; }
 cpus() { for i in $(seq 1 "$REPS"); do sed -E 's/.*broker_cpu_ms=([0-9-]+) broker_runq_wait_ms=([0-9-]+).*/\1\/\2/' "$OUT_DIR/${1}_$i.meta"; done | tr '\n' ' '; }
 
 FSYNC_START=$(fsync_probe)
@@ -206,7 +129,7 @@ for i in $(seq 1 "$REPS"); do
 done
 
 # ---- 2. 16 partitions: max throughput, acks=1 and acks=all (interleaved) ---------------------
-start_broker p16
+start_fresh p16
 create_topic t16 16
 sleep "$IDLE_SECONDS"
 RSS16_IDLE=$(rss_kib)
@@ -243,7 +166,7 @@ RSS16_LOADED=$(rss_kib)
 stop_broker
 
 # ---- 4/5. 10,000 partitions: creation time, idle RSS, max throughput acks=1 -------------------
-start_broker p10k
+start_fresh p10k
 RSS10K_EMPTY=$(rss_kib)
 t0=$(date +%s%N)
 create_topic t10k "$BIG_PARTITIONS"
@@ -262,7 +185,7 @@ stop_broker
 
 # ---- the same 16-partition load on `--storage memory` (no disk: network + protocol + broker) ---
 STORAGE_ARGS=(--storage memory)
-start_broker mem
+start_fresh mem
 STORAGE_ARGS=()
 create_topic t16 16
 for i in $(seq 1 "$REPS"); do
@@ -273,7 +196,6 @@ stop_broker
 FSYNC_END=$(fsync_probe)
 
 # ---- summary ---------------------------------------------------------------------------------
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 M10K=$(median max10k_acks1 '.results.produce.mb_per_s')
 M16=$(median max16_acks1 '.results.produce.mb_per_s')

@@ -54,19 +54,13 @@ mkdir -p "$OUT_DIR"
 SUMMARY="$OUT_DIR/summary.txt"
 : >"$SUMMARY"
 
-BROKER_PID=""
+# shellcheck source=lib.sh
+source "$REPO/benches/scripts/lib.sh"
 cleanup() {
-    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-    fi
+    kill_broker
     rm -rf "$DATA_ROOT"/data-*
 }
 trap cleanup EXIT
-
-say() { echo "$*" | tee -a "$SUMMARY"; }
-log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" >&2; }
-load1() { cut -d' ' -f1 /proc/loadavg; }
 
 say "ringmq issue-5 consume benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 say "machine: nproc=$(nproc) kernel=$(uname -r) mem=$(awk '/MemTotal/{print $2" kB"}' /proc/meminfo)"
@@ -74,58 +68,10 @@ say "uptime at start: $(uptime)"
 say "git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree may be dirty)"
 say "settings: BACKLOG_BYTES=$BACKLOG_BYTES MODES='$MODES' REPS=$REPS PARTITIONS=$PARTITIONS CATCHUP_FETCH_BYTES=$CATCHUP_FETCH_BYTES; out dir $OUT_DIR"
 
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building release binaries"
-    (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release -p ringmq-broker -p ringmq-loadgen)
-fi
+build_release "$REPO" "$BUILD_TIMEOUT"
 SECONDS=0
-[[ -x "$BIN/ringmq" && -x "$BIN/ringmq-loadgen" ]] || {
-    echo "missing $BIN/ringmq or $BIN/ringmq-loadgen" >&2
-    exit 2
-}
 
 # ---- helpers ---------------------------------------------------------------------------------
-PORT=""
-# start_broker NAME DATA_DIR MODE: a fresh process on DATA_DIR (kept if it exists).
-start_broker() {
-    local logf="$OUT_DIR/broker-$1.log"
-    taskset -c "$BROKER_CPU" "$BIN/ringmq" --cores 1 --listen 127.0.0.1:0 --data-dir "$2" \
-        --fetch-backlog-read "$3" >"$logf" 2>&1 &
-    BROKER_PID=$!
-    PORT=""
-    for _ in $(seq 1 600); do # up to 60 s (recovery of a large log included)
-        PORT=$(grep -o 'listening on [0-9.]*:[0-9]*' "$logf" | head -1 | awk -F: '{print $NF}' || true)
-        [[ -n "$PORT" ]] && break
-        kill -0 "$BROKER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [[ -z "$PORT" ]]; then
-        echo "broker did not start; log:" >&2
-        cat "$logf" >&2
-        exit 2
-    fi
-    log "broker $1 ($3) pid $BROKER_PID on port $PORT"
-}
-stop_broker() {
-    kill "$BROKER_PID" 2>/dev/null || true
-    timeout 60 tail --pid="$BROKER_PID" -f /dev/null || kill -9 "$BROKER_PID" 2>/dev/null || true
-    wait "$BROKER_PID" 2>/dev/null || true
-    BROKER_PID=""
-}
-broker_cpu_ms() {
-    awk -v t="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) * 1000 / t}' "/proc/$BROKER_PID/stat"
-}
-# Run-queue wait (ms) of the broker's executor thread(s): time it was ready to run but another
-# process had its CPU (the machine is shared; large values mean the figures are the machine's).
-broker_wait_ms() {
-    local w=0 t
-    for t in /proc/"$BROKER_PID"/task/*; do
-        if [[ "$(cat "$t/comm" 2>/dev/null)" == ringmq-core* ]]; then
-            w=$(awk -v w="$w" '{printf "%.0f", w + $2 / 1e6}' "$t/schedstat" 2>/dev/null || echo "$w")
-        fi
-    done
-    echo "$w"
-}
 drop_caches() {
     sync
     if echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
@@ -134,37 +80,6 @@ drop_caches() {
         echo "NOT dropped (not root?)"
     fi
 }
-# lg NAME TIMEOUT ARGS...: one pinned loadgen run; writes NAME.json, NAME.txt, NAME.meta.
-lg() {
-    local name=$1 limit=$2
-    shift 2
-    local l0 c0 c1 w0 w1 rc=0
-    l0=$(load1)
-    c0=$(broker_cpu_ms)
-    w0=$(broker_wait_ms)
-    timeout "$limit" taskset -c "$LOADGEN_CPU" "$BIN/ringmq-loadgen" \
-        --bootstrap "127.0.0.1:$PORT" --cores "$LOADGEN_CPU" --record-size 1024 --quiet \
-        --json "$OUT_DIR/$name.json" "$@" >"$OUT_DIR/$name.txt" 2>&1 || rc=$?
-    c1=$(broker_cpu_ms)
-    w1=$(broker_wait_ms)
-    echo "load1=$l0 rc=$rc broker_cpu_ms=$((c1 - c0)) broker_runq_wait_ms=$((w1 - w0))" >"$OUT_DIR/$name.meta"
-    if ((rc != 0)); then
-        say "WARNING: $name exited $rc (see $OUT_DIR/$name.txt)"
-    fi
-}
-# stat PREFIX JQPATH: "median [min..max]" over PREFIX_1..PREFIX_REPS.
-stat() {
-    local vals
-    vals=$(for i in $(seq 1 "$REPS"); do jq -r "$2 // empty" "$OUT_DIR/${1}_$i.json" 2>/dev/null; done)
-    [[ -z "$vals" ]] && {
-        echo "n/a"
-        return
-    }
-    echo "$vals" | sort -g | awk '{v[NR]=$1} END {m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%.1f [%.1f..%.1f]", m, v[1], v[NR]}'
-}
-median() { stat "$1" "$2" | cut -d' ' -f1; }
-loads() { for i in $(seq 1 "$REPS"); do grep -o 'load1=[0-9.]*' "$OUT_DIR/${1}_$i.meta" | cut -d= -f2; done | tr '\n' ' '; }
-
 # ---- 0. loopback baseline --------------------------------------------------------------------
 for i in $(seq 1 "$REPS"); do
     l=$(load1)
@@ -174,7 +89,6 @@ for i in $(seq 1 "$REPS"); do
     log "raw $i: $(jq -r '.raw.mb_per_s' "$OUT_DIR/raw_$i.json" 2>/dev/null) MB/s"
 done
 RAWM=$(median raw '.raw.mb_per_s')
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
 
 FIRST_MODE=${MODES%% *}
 P='.results.produce'
@@ -183,10 +97,10 @@ E='.results.end_to_end'
 # ---- a. tail reads at half the max produce rate -----------------------------------------------
 if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
     rm -rf "$DATA_ROOT/data-tail"
-    start_broker tail "$DATA_ROOT/data-tail" "$FIRST_MODE"
-    lg create_tail 60 --topic tail --create-topic --partitions "$PARTITIONS" --producers 0 --consumers 0
+    start_broker tail "$DATA_ROOT/data-tail" --fetch-backlog-read "$FIRST_MODE"
+    loadgen_run create_tail 60 --topic tail --create-topic --partitions "$PARTITIONS" --producers 0 --consumers 0
     for i in $(seq 1 "$REPS"); do
-        lg max_$i "$RUN_TIMEOUT" --topic tail --producers 1 --consumers 0 --rate max --acks 1 \
+        loadgen_run max_$i "$RUN_TIMEOUT" --topic tail --producers 1 --consumers 0 --rate max --acks 1 \
             --warmup "$WARMUP" --duration "$DURATION"
         log "max $i: $(jq -r "$P.mb_per_s" "$OUT_DIR/max_$i.json" 2>/dev/null) MB/s"
     done
@@ -194,7 +108,7 @@ if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
     HALF=$(awk -v m="$MAXREC" 'BEGIN {printf "%d", m / 2}')
     for i in $(seq 1 "$REPS"); do
         for c in 1 8; do
-            lg tail${c}_$i "$RUN_TIMEOUT" --topic tail --producers 1 --consumers "$c" \
+            loadgen_run tail${c}_$i "$RUN_TIMEOUT" --topic tail --producers 1 --consumers "$c" \
                 --rate "$HALF" --acks 1 --linger-ms 0 --fetch-max-wait-ms 500 \
                 --warmup "$WARMUP" --duration "$LAT_DURATION"
             log "tail $c consumers $i: e2e p99 $(jq -r "$E.latency.p99_us" "$OUT_DIR/tail${c}_$i.json" 2>/dev/null) us"
@@ -208,8 +122,8 @@ fi
 if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
     DATA="$DATA_ROOT/data-backlog"
     rm -rf "$DATA"
-    start_broker fill "$DATA" "$FIRST_MODE"
-    lg create_backlog 60 --topic backlog --create-topic --partitions "$PARTITIONS" --producers 0 --consumers 0
+    start_broker fill "$DATA" --fetch-backlog-read "$FIRST_MODE"
+    loadgen_run create_backlog 60 --topic backlog --create-topic --partitions "$PARTITIONS" --producers 0 --consumers 0
     # Closed loop until the backlog holds BACKLOG_BYTES of record values (in slices of at most
     # 60 s, so one run's timeout stays short).
     filled=0
@@ -217,7 +131,7 @@ if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
     slice_s=2 # the first slice measures the fill rate; later ones aim at what is left
     while ((filled < BACKLOG_BYTES)); do
         k=$((k + 1))
-        lg fill_$k "$RUN_TIMEOUT" --topic backlog --producers 2 --consumers 0 --rate max \
+        loadgen_run fill_$k "$RUN_TIMEOUT" --topic backlog --producers 2 --consumers 0 --rate max \
             --acks 1 --warmup 0s --duration "${slice_s}s" --max-in-flight 16
         got=$(jq -r '.results.counts.acknowledged // 0' "$OUT_DIR/fill_$k.json" 2>/dev/null || echo 0)
         ((got > 0)) || {
@@ -236,8 +150,8 @@ if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
     for i in $(seq 1 "$REPS"); do
         for mode in $MODES; do
             dropped=$(drop_caches)
-            start_broker "catchup-$mode-$i" "$DATA" "$mode"
-            lg catchup_${mode}_$i "$((CATCHUP_LIMIT_S + 60))" --topic backlog --producers 0 \
+            start_broker "catchup-$mode-$i" "$DATA" --fetch-backlog-read "$mode"
+            loadgen_run catchup_${mode}_$i "$((CATCHUP_LIMIT_S + 60))" --topic backlog --producers 0 \
                 --consumers 1 --from earliest --until-end --warmup 0s \
                 --duration "${CATCHUP_LIMIT_S}s" --fetch-max-bytes "$CATCHUP_FETCH_BYTES"
             stop_broker
@@ -250,13 +164,13 @@ if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
     # in produce latency is what the backlog read costs the appends.
     for mode in $MODES; do
         dropped=$(drop_caches)
-        start_broker "side-$mode" "$DATA" "$mode"
-        lg create_side_$mode 60 --topic "side-$mode" --create-topic --partitions 4 --producers 0 --consumers 0
+        start_broker "side-$mode" "$DATA" --fetch-backlog-read "$mode"
+        loadgen_run create_side_$mode 60 --topic "side-$mode" --create-topic --partitions 4 --producers 0 --consumers 0
         for i in $(seq 1 "$REPS"); do
-            lg sidealone_${mode}_$i "$RUN_TIMEOUT" --topic "side-$mode" --producers 1 --consumers 0 \
+            loadgen_run sidealone_${mode}_$i "$RUN_TIMEOUT" --topic "side-$mode" --producers 1 --consumers 0 \
                 --rate "$SIDE_RATE" --acks 1 --linger-ms 0 --warmup 1s --duration "$SIDE_DURATION"
         done
-        lg sidecatchup_${mode} "$((CATCHUP_LIMIT_S + 60))" --topic backlog --producers 0 \
+        loadgen_run sidecatchup_${mode} "$((CATCHUP_LIMIT_S + 60))" --topic backlog --producers 0 \
             --consumers 1 --from earliest --until-end --warmup 0s \
             --duration "${CATCHUP_LIMIT_S}s" --fetch-max-bytes "$CATCHUP_FETCH_BYTES" &
         CPID=$!
@@ -265,7 +179,7 @@ if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
             # Only while the catch-up is still reading (a run that started after it ended
             # would measure appends alone).
             kill -0 "$CPID" 2>/dev/null || break
-            lg sideduring_${mode}_$i "$RUN_TIMEOUT" --topic "side-$mode" --producers 1 --consumers 0 \
+            loadgen_run sideduring_${mode}_$i "$RUN_TIMEOUT" --topic "side-$mode" --producers 1 --consumers 0 \
                 --rate "$SIDE_RATE" --acks 1 --linger-ms 0 --warmup 1s --duration "$SIDE_DURATION"
         done
         still=$(kill -0 "$CPID" 2>/dev/null && echo "still reading" || echo "ALREADY DONE (figures overlap only partly)")

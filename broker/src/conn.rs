@@ -158,7 +158,7 @@ async fn read_loop<R: futures_lite::AsyncRead + Unpin>(
                     None
                 };
                 let api_key = req.api_key;
-                let task = spawn_handler(api_key, handle(core.clone(), req, conn.clone()));
+                let task = spawn_handler(core, api_key, handle(core.clone(), req, conn.clone()));
                 Pending::Task(task, permit, response_permit)
             }
             Err(DecodeError::UnsupportedVersion {
@@ -243,45 +243,25 @@ async fn await_flushing<W: futures_lite::AsyncWrite + Unpin, T>(
     Ok(task.await)
 }
 
-/// Bytes of response to reserve for `req` (fetch only), at most `room`; caps the fetch's
-/// `max_bytes` to what was reserved.
-/// CPU shares of the task queue fetch handlers run in, against glommio's default queue (1000)
-/// where produce, group and admin requests run. A catch-up fetch reads and CRC-checks up to
-/// tens of MiB per request; with lower shares, appends on the same core run first whenever
-/// both are ready (the read path yields between batches, `yield_if_needed`).
-const FETCH_SHARES: usize = 100;
-
-thread_local! {
-    /// This executor's queue for fetch handlers, created on first use.
-    static FETCH_QUEUE: std::cell::OnceCell<glommio::TaskQueueHandle> =
-        const { std::cell::OnceCell::new() };
-}
-
-/// Spawns a request's handler: fetches in the low-share fetch queue, the rest in the default
-/// queue.
+/// Spawns a request's handler: fetches in the core's low-share fetch queue, the rest in the
+/// default queue.
 fn spawn_handler<T: 'static>(
+    core: &Core,
     api_key: ApiKey,
     handler: impl std::future::Future<Output = T> + 'static,
 ) -> glommio::task::JoinHandle<T> {
     if api_key != ApiKey::Fetch {
         return glommio::spawn_local(handler).detach();
     }
-    let queue = FETCH_QUEUE.with(|q| {
-        *q.get_or_init(|| {
-            glommio::executor().create_task_queue(
-                glommio::Shares::Static(FETCH_SHARES),
-                glommio::Latency::NotImportant,
-                "fetch",
-            )
-        })
-    });
-    // Fails only for a queue unknown to this executor; this one was created on it and is
-    // never removed.
-    glommio::spawn_local_into(handler, queue)
+    // Fails only for a queue unknown to this executor; the core created it on this executor
+    // and never removes it.
+    glommio::spawn_local_into(handler, core.fetch_queue)
         .expect("the fetch task queue belongs to this executor")
         .detach()
 }
 
+/// Bytes of response to reserve for `req` (fetch only), at most `room`; caps the fetch's
+/// `max_bytes` to what was reserved.
 fn reserve_response(core: &Core, req: &mut crate::decode::Decoded, room: usize) -> usize {
     let crate::decode::Request::Fetch(fetch) = &mut req.body else {
         return 0;

@@ -52,7 +52,16 @@ pub struct Core {
     pub open_connections: Cell<usize>,
     pub connections_changed: Notify,
     pub groups: RefCell<Option<Rc<crate::groups::Coordinator>>>,
+    /// Task queue of fetch handlers, below the default queue of everything else
+    /// ([`FETCH_SHARES`]).
+    pub fetch_queue: glommio::TaskQueueHandle,
 }
+
+/// CPU shares of the task queue fetch handlers run in, against glommio's default queue (1000)
+/// where produce, group and admin requests run. A catch-up fetch reads and CRC-checks up to
+/// tens of MiB per request; with lower shares, appends on the same core run first whenever
+/// both are ready (the read path yields between batches, `yield_if_needed`).
+pub const FETCH_SHARES: usize = 100;
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
@@ -93,6 +102,11 @@ impl Core {
         advertised: (String, i32),
     ) -> Core {
         let shards = config.cores as u32;
+        let fetch_queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(FETCH_SHARES),
+            glommio::Latency::NotImportant,
+            "fetch",
+        );
         Core {
             id,
             config,
@@ -111,6 +125,7 @@ impl Core {
             open_connections: Cell::new(0),
             connections_changed: Notify::default(),
             groups: RefCell::new(None),
+            fetch_queue,
         }
     }
 

@@ -307,27 +307,35 @@ impl Shard {
         queue: QueueId,
         ts_ms: i64,
     ) -> Result<Option<(Offset, i64)>, EngineError> {
-        let st = self.inner.state.borrow();
-        let Some(q) = st.queues.get(&queue) else {
-            return Ok(None);
-        };
-        if q.deleted {
-            return Err(EngineError::QueueDeleted(queue));
-        }
-        let visible = q.visible_len(self.inner.gc.written());
-        let i = q.find_time(ts_ms);
-        Ok((i < visible).then(|| {
-            (
-                Offset(q.slots[i].entry.base_offset),
-                q.slots[i].entry.max_timestamp,
-            )
-        }))
+        self.with_readable(queue, |q, visible| {
+            let i = q.find_time(ts_ms);
+            (i < visible).then(|| {
+                (
+                    Offset(q.slots[i].entry.base_offset),
+                    q.slots[i].entry.max_timestamp,
+                )
+            })
+        })
     }
 
     /// Largest record timestamp among the readable batches of `queue` (None when it has none):
     /// with [`Shard::offset_for_timestamp`] it finds the record Kafka's ListOffsets
     /// "max timestamp" asks for.
     pub fn max_timestamp(&self, queue: QueueId) -> Result<Option<i64>, EngineError> {
+        self.with_readable(queue, |q, visible| {
+            visible
+                .checked_sub(1)
+                .map(|last| q.slots[last].prefix_max_ts)
+        })
+    }
+
+    /// `f(index, readable slots)` of a queue that exists; None for a queue never written,
+    /// `QueueDeleted` for a deleted one.
+    fn with_readable<R>(
+        &self,
+        queue: QueueId,
+        f: impl FnOnce(&QueueIndex, usize) -> Option<R>,
+    ) -> Result<Option<R>, EngineError> {
         let st = self.inner.state.borrow();
         let Some(q) = st.queues.get(&queue) else {
             return Ok(None);
@@ -335,10 +343,7 @@ impl Shard {
         if q.deleted {
             return Err(EngineError::QueueDeleted(queue));
         }
-        let visible = q.visible_len(self.inner.gc.written());
-        Ok(visible
-            .checked_sub(1)
-            .map(|last| q.slots[last].prefix_max_ts))
+        Ok(f(q, q.visible_len(self.inner.gc.written())))
     }
 
     /// Queues that hold (or held) data on this shard and are not deleted, sorted.

@@ -20,7 +20,7 @@ use crate::format::checkpoint::SegmentIndexState;
 use crate::format::segment_index::{
     encode_records, SegmentIndexRecord, MIN_BATCH_ENTRY_LEN, SEGMENT_INDEX_RECORD_LEN,
 };
-use crate::log::SegmentSet;
+use crate::log::{parse_positioned_name, positioned_path, SegmentSet};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -139,16 +139,12 @@ pub(crate) fn max_records(segment_bytes: u64) -> u64 {
 }
 
 pub(crate) fn segment_index_path(dir: &Path, start: u64) -> PathBuf {
-    dir.join(format!("{start:020}{INDEX_SUFFIX}"))
+    positioned_path(dir, start, INDEX_SUFFIX)
 }
 
 /// The segment start encoded in an index file name, if it is one.
 pub(crate) fn parse_index_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(INDEX_SUFFIX)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    parse_positioned_name(name, INDEX_SUFFIX)
 }
 
 #[cfg(test)]
@@ -156,31 +152,11 @@ mod tests {
     use super::*;
     use crate::format::index_entry::IndexEntry;
     use crate::format::segment_index::{decode_records, RecordBounds};
-    use crate::io::{FileKind, MemStorage, Storage};
-    use crate::log::Segment;
-    use std::cell::Cell;
-    use std::rc::Rc;
+    use crate::log::test_segment_set;
 
     fn set(starts: &[u64], size: u64) -> SegmentSet {
-        let io = MemStorage::new();
-        let mut s = SegmentSet::default();
-        for &start in starts {
-            let path = PathBuf::from(format!("/s/{start}"));
-            let file =
-                futures_lite::future::block_on(io.open(path.clone(), FileKind::Direct, true))
-                    .unwrap();
-            s.map.insert(
-                start,
-                Rc::new(Segment {
-                    start,
-                    size,
-                    file,
-                    path,
-                    modified_ms: Cell::new(0),
-                }),
-            );
-        }
-        s
+        let segments: Vec<_> = starts.iter().map(|&start| (start, size, 0)).collect();
+        test_segment_set(&segments)
     }
 
     fn rec(q: u32, pos: u64) -> SegmentIndexRecord {

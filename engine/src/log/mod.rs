@@ -72,16 +72,50 @@ impl SegmentSet {
 }
 
 pub(crate) fn segment_path(dir: &Path, start: u64) -> PathBuf {
-    dir.join(format!("{start:020}{SEGMENT_SUFFIX}"))
+    positioned_path(dir, start, SEGMENT_SUFFIX)
 }
 
 /// The start position encoded in a segment file name, if it is one.
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    parse_positioned_name(name, SEGMENT_SUFFIX)
+}
+
+/// `<dir>/<start as 20 digits><suffix>`: how files named by a log position are named.
+pub(crate) fn positioned_path(dir: &Path, start: u64, suffix: &str) -> PathBuf {
+    dir.join(format!("{start:020}{suffix}"))
+}
+
+/// The log position in a name made by [`positioned_path`] with `suffix`, if it is one.
+pub(crate) fn parse_positioned_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
+}
+
+/// A segment set over in-memory files, for unit tests: `(start, size, modified_ms)` each.
+#[cfg(test)]
+pub(crate) fn test_segment_set(segments: &[(u64, u64, i64)]) -> SegmentSet {
+    use crate::io::{FileKind, MemStorage, Storage};
+    let io = MemStorage::new();
+    let mut set = SegmentSet::default();
+    for &(start, size, modified) in segments {
+        let path = PathBuf::from(format!("/test/{start}"));
+        let file = futures_lite::future::block_on(io.open(path.clone(), FileKind::Direct, true))
+            .expect("MemStorage opens any path");
+        set.map.insert(
+            start,
+            Rc::new(Segment {
+                start,
+                size,
+                file,
+                path,
+                modified_ms: Cell::new(modified),
+            }),
+        );
+    }
+    set
 }
 
 #[cfg(test)]

@@ -165,28 +165,39 @@ pub(crate) async fn read_entries_ahead(
         let (first, last) = chunk_span(seg, loc);
         // Entries come in log order: only chunks past the last one listed are new.
         let from = needed.last().map_or(first, |&l| first.max(l + CHUNK_BYTES));
-        let new: Vec<u64> = (from..=last).step_by(CHUNK_BYTES as usize).collect();
-        if take > 0 && needed.len() + new.len() > MAX_CHUNKS_PER_READ {
+        let new = if last >= from {
+            ((last - from) / CHUNK_BYTES + 1) as usize
+        } else {
+            0
+        };
+        if take > 0 && needed.len() + new > MAX_CHUNKS_PER_READ {
             break;
         }
-        needed.extend(new);
+        needed.extend((from..=last).step_by(CHUNK_BYTES as usize));
         take += 1;
     }
     let locs = &locs[..take];
-    // Load the missing chunks concurrently (the read slots bound the disk queue).
-    let tasks: Vec<_> = needed
-        .iter()
-        .map(|&start| {
-            let (cache, seg) = (cache.clone(), seg.clone());
-            let need_end = (start + CHUNK_BYTES).min(limit);
-            glommio::spawn_local(
-                async move { get_chunk(&cache, &seg, start, need_end, limit).await },
-            )
-        })
-        .collect();
+    // Cached chunks are taken at once; the missing ones load concurrently (the read slots
+    // bound the disk queue).
     let mut chunks: HashMap<u64, Bytes> = HashMap::with_capacity(needed.len());
-    for (start, t) in needed.iter().zip(tasks) {
-        chunks.insert(*start, t.await?);
+    let mut tasks = Vec::new();
+    for &start in &needed {
+        let need_end = (start + CHUNK_BYTES).min(limit);
+        match cache.lookup(start, need_end) {
+            Some(bytes) => {
+                chunks.insert(start, bytes);
+            }
+            None => {
+                let (cache, seg) = (cache.clone(), seg.clone());
+                let task = glommio::spawn_local(async move {
+                    get_chunk(&cache, &seg, start, need_end, limit).await
+                });
+                tasks.push((start, task));
+            }
+        }
+    }
+    for (start, task) in tasks {
+        chunks.insert(start, task.await?);
     }
     if let Some(&last) = needed.last() {
         read_ahead(cache, seg, last, limit);

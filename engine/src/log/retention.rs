@@ -111,32 +111,15 @@ pub(crate) fn segments_to_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{FileKind, MemStorage, Storage};
-    use crate::log::Segment;
-    use std::cell::Cell;
-    use std::rc::Rc;
+    use crate::log::test_segment_set;
 
+    /// Segments of 100 bytes, one per modification time.
     fn set(mtimes: &[i64]) -> SegmentSet {
-        let io = MemStorage::new();
-        let mut s = SegmentSet::default();
-        for (i, &m) in mtimes.iter().enumerate() {
-            let start = i as u64 * 100;
-            let path = std::path::PathBuf::from(format!("/r/{start}"));
-            let file =
-                futures_lite::future::block_on(io.open(path.clone(), FileKind::Direct, true))
-                    .unwrap();
-            s.map.insert(
-                start,
-                Rc::new(Segment {
-                    start,
-                    size: 100,
-                    file,
-                    path,
-                    modified_ms: Cell::new(m),
-                }),
-            );
-        }
-        s
+        let segments: Vec<_> = (0u64..)
+            .zip(mtimes)
+            .map(|(i, &m)| (i * 100, 100, m))
+            .collect();
+        test_segment_set(&segments)
     }
 
     #[test]

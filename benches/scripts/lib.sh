@@ -1,0 +1,117 @@
+# Helpers shared by the benchmark scripts; sourced, not run. The caller sets BIN (the folder of
+# the release binaries), OUT_DIR, SUMMARY, REPS, BROKER_CPU and LOADGEN_CPU before using them.
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" >&2; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# build_release REPO TIMEOUT_S: `cargo build --release` of the broker and loadgen unless
+# SKIP_BUILD=1; exits 2 if either binary is missing afterwards.
+build_release() {
+    if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+        log "building release binaries (cargo build --release -p ringmq-broker -p ringmq-loadgen)"
+        (cd "$1" && timeout "$2" cargo build --release -p ringmq-broker -p ringmq-loadgen)
+    fi
+    [[ -x "$BIN/ringmq" && -x "$BIN/ringmq-loadgen" ]] || {
+        echo "missing $BIN/ringmq or $BIN/ringmq-loadgen" >&2
+        exit 2
+    }
+}
+
+# broker_port LOG PID SECONDS: the port a starting broker prints in LOG, once it listens;
+# empty if it exits or SECONDS pass first.
+broker_port() {
+    local port="" _
+    for _ in $(seq 1 $(($3 * 10))); do
+        port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$1" | head -1 | awk -F: '{print $NF}' || true)
+        [[ -n "$port" ]] && break
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$port"
+}
+
+# start_broker NAME DATA_DIR [RINGMQ ARGS...]: one shard pinned to $BROKER_CPU on DATA_DIR (kept
+# if it exists); sets BROKER_PID and PORT. Up to 60 s to start (recovery of a large log).
+BROKER_PID=""
+PORT=""
+start_broker() {
+    local name=$1 dir=$2 logf="$OUT_DIR/broker-$1.log"
+    shift 2
+    taskset -c "$BROKER_CPU" "$BIN/ringmq" --cores 1 --listen 127.0.0.1:0 --data-dir "$dir" \
+        "$@" >"$logf" 2>&1 &
+    BROKER_PID=$!
+    PORT=$(broker_port "$logf" "$BROKER_PID" 60)
+    if [[ -z "$PORT" ]]; then
+        echo "broker did not start; log:" >&2
+        cat "$logf" >&2
+        exit 2
+    fi
+    log "broker $name $* pid $BROKER_PID on port $PORT"
+}
+stop_broker() {
+    kill "$BROKER_PID" 2>/dev/null || true
+    timeout 60 tail --pid="$BROKER_PID" -f /dev/null || kill -9 "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+}
+# kill_broker: for an EXIT trap.
+kill_broker() {
+    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+}
+
+# Broker CPU time in ms (utime+stime of /proc/<pid>/stat, which counts exited threads too).
+broker_cpu_ms() {
+    awk -v t="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) * 1000 / t}' "/proc/$BROKER_PID/stat"
+}
+# Run-queue wait (ms) of the broker's executor thread(s): time they were ready to run but another
+# thread had the CPU (the machine is shared; large values mean the figures are the machine's).
+broker_wait_ms() {
+    local w=0 t
+    for t in /proc/"$BROKER_PID"/task/*; do
+        if [[ "$(cat "$t/comm" 2>/dev/null)" == ringmq-core* ]]; then
+            w=$(awk -v w="$w" '{printf "%.0f", w + $2 / 1e6}' "$t/schedstat" 2>/dev/null || echo "$w")
+        fi
+    done
+    echo "$w"
+}
+
+# loadgen_run NAME TIMEOUT_S ARGS...: one loadgen run pinned to $LOADGEN_CPU against the broker
+# on $PORT. Writes OUT_DIR/NAME.json (its report), NAME.txt (its output) and NAME.meta (load
+# average at the start, exit code, wall time, broker CPU and run-queue wait during the run).
+loadgen_run() {
+    local name=$1 limit=$2
+    shift 2
+    local l0 c0 w0 t0 t1 rc=0
+    l0=$(load1)
+    c0=$(broker_cpu_ms)
+    w0=$(broker_wait_ms)
+    t0=$(date +%s%N)
+    timeout "$limit" taskset -c "$LOADGEN_CPU" "$BIN/ringmq-loadgen" \
+        --bootstrap "127.0.0.1:$PORT" --cores "$LOADGEN_CPU" --record-size 1024 --quiet \
+        --json "$OUT_DIR/$name.json" "$@" >"$OUT_DIR/$name.txt" 2>&1 || rc=$?
+    t1=$(date +%s%N)
+    echo "load1=$l0 rc=$rc wall_ms=$(((t1 - t0) / 1000000)) broker_cpu_ms=$(($(broker_cpu_ms) - c0)) broker_runq_wait_ms=$(($(broker_wait_ms) - w0))" \
+        >"$OUT_DIR/$name.meta"
+    if ((rc != 0)); then
+        say "WARNING: $name exited $rc (see $OUT_DIR/$name.txt)"
+    fi
+}
+
+# stat PREFIX JQPATH: "median [min..max]" over the reports OUT_DIR/PREFIX_1..PREFIX_REPS.json.
+stat() {
+    local vals
+    vals=$(for i in $(seq 1 "$REPS"); do jq -r "$2 // empty" "$OUT_DIR/${1}_$i.json" 2>/dev/null; done)
+    if [[ -z "$vals" ]]; then
+        echo "n/a"
+        return
+    fi
+    echo "$vals" | sort -g | awk '{v[NR]=$1} END {m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%.1f [%.1f..%.1f]", m, v[1], v[NR]}'
+}
+median() { stat "$1" "$2" | cut -d' ' -f1; }
+# loads PREFIX: the load average recorded in each run's .meta file.
+loads() { for i in $(seq 1 "$REPS"); do grep -o 'load1=[0-9.]*' "$OUT_DIR/${1}_$i.meta" | cut -d= -f2; done | tr '\n' ' '; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
