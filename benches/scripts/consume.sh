@@ -12,7 +12,9 @@
 #      it again on the same data (the tail cache is empty after a restart, so every byte comes
 #      from disk) and read everything from the earliest offset with one consumer
 #      (`--until-end`). MB/s = value bytes read / time to read them; ratio = that / the median
-#      loopback baseline of this run. Broker CPU seconds per GiB read come from /proc.
+#      loopback baseline of this run. Broker CPU seconds per GiB read come from /proc (all
+#      its threads: in `sendfile` mode the blocking-pool threads that send, pinned to the
+#      broker's CPU, are included).
 #   c. appends on the same core: open-loop acks=1 produce at
 #      $SIDE_RATE rec/s into another topic, alone and during a catch-up read: produce latency.
 # Every figure is a median [min..max] with the 1-minute load average at each run's start,
@@ -20,7 +22,7 @@
 #
 # Usage: benches/scripts/consume.sh                 (builds release binaries first)
 #        SKIP_BUILD=1 BACKLOG_BYTES=$((2<<30)) benches/scripts/consume.sh
-# Knobs (environment): BACKLOG_BYTES (10 GiB), MODES ("direct readahead"), REPS (3),
+# Knobs (environment): BACKLOG_BYTES (10 GiB), MODES ("direct readahead sendfile"), REPS (3),
 # PARTITIONS (16), WARMUP (2s), DURATION (5s, max-rate runs), LAT_DURATION (10s, tail runs),
 # CATCHUP_FETCH_BYTES (16777216: one fetch asks for 1 MiB of each of 16 partitions),
 # SIDE_RATE (10000 rec/s) and SIDE_DURATION (3s) for phase c,
@@ -31,7 +33,7 @@
 set -euo pipefail
 
 BACKLOG_BYTES=${BACKLOG_BYTES:-$((10 << 30))}
-MODES=${MODES:-"direct readahead"}
+MODES=${MODES:-"direct readahead sendfile"}
 REPS=${REPS:-3}
 PARTITIONS=${PARTITIONS:-16}
 WARMUP=${WARMUP:-2s}

@@ -112,9 +112,7 @@ pub fn one<R: Encodable + HeaderVersion>(
 ) -> Result<Option<Chunks>, ApiError> {
     let frame = encode_response(correlation_id, version, body)
         .map_err(|source| ApiError::Encode { api, source })?;
-    Ok(Some(Chunks {
-        parts: vec![frame.freeze()],
-    }))
+    Ok(Some(Chunks::one(frame.freeze())))
 }
 
 /// The ApiVersions body: every advertised API with its range.
@@ -153,8 +151,9 @@ mod tests {
         let frame = one(11, 3, &api_versions_response(0), "ApiVersions")
             .unwrap()
             .unwrap()
-            .parts
-            .remove(0);
+            .to_vec()
+            .map(Bytes::from)
+            .unwrap();
         let mut f = frame.clone();
         strip_size(&mut f);
         // Header v0: correlation id only, then error_code straight away.

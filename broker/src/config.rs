@@ -80,9 +80,12 @@ pub struct Cli {
     /// Storage: `engine` (the durable commit log) or `memory` (test double; nothing persists).
     #[arg(long, env = "RINGMQ_STORAGE")]
     pub storage: Option<StorageKind>,
-    /// How fetches read data no longer in the tail cache: `readahead` (1 MiB O_DIRECT chunks,
-    /// cached and sliced; default) or `direct` (one O_DIRECT read per run of the partition's
-    /// nearby batches). See kernel-notes/o-direct-reads.md.
+    /// How fetches read data no longer in the tail cache: `sendfile` (default: sealed log data
+    /// sent from the page cache with sendfile(2) by a blocking-thread pool; not CRC-checked by
+    /// the broker, consumers check each batch's CRC), `readahead` (1 MiB O_DIRECT chunks,
+    /// cached, CRC-checked and sliced) or `direct` (one O_DIRECT read per run of the
+    /// partition's nearby batches). See kernel-notes/sendfile-and-splice.md and
+    /// kernel-notes/o-direct-reads.md.
     #[arg(long, env = "RINGMQ_FETCH_BACKLOG_READ")]
     pub fetch_backlog_read: Option<FetchBacklogRead>,
 }
@@ -91,9 +94,10 @@ pub struct Cli {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FetchBacklogRead {
-    #[default]
     Readahead,
     Direct,
+    #[default]
+    Sendfile,
 }
 
 impl From<FetchBacklogRead> for ringmq_engine::BacklogRead {
@@ -101,6 +105,7 @@ impl From<FetchBacklogRead> for ringmq_engine::BacklogRead {
         match m {
             FetchBacklogRead::Readahead => ringmq_engine::BacklogRead::Readahead,
             FetchBacklogRead::Direct => ringmq_engine::BacklogRead::Direct,
+            FetchBacklogRead::Sendfile => ringmq_engine::BacklogRead::Sendfile,
         }
     }
 }
@@ -371,7 +376,7 @@ mod tests {
     #[test]
     fn fetch_backlog_read_comes_from_flag_env_or_file() {
         let d = Config::resolve(Cli::try_parse_from(["ringmq"]).unwrap()).unwrap();
-        assert_eq!(d.fetch_backlog_read, FetchBacklogRead::Readahead);
+        assert_eq!(d.fetch_backlog_read, FetchBacklogRead::Sendfile);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ringmq.toml");
         std::fs::write(&path, "fetch_backlog_read = \"direct\"\n").unwrap();
@@ -391,6 +396,17 @@ mod tests {
         assert_eq!(
             Config::resolve(cli).unwrap().fetch_backlog_read,
             FetchBacklogRead::Readahead
+        );
+        std::fs::write(&path, "fetch_backlog_read = \"sendfile\"\n").unwrap();
+        let cli = Cli::try_parse_from(["ringmq", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            Config::resolve(cli).unwrap().fetch_backlog_read,
+            FetchBacklogRead::Sendfile
+        );
+        let cli = Cli::try_parse_from(["ringmq", "--fetch-backlog-read", "sendfile"]).unwrap();
+        assert_eq!(
+            Config::resolve(cli).unwrap().fetch_backlog_read,
+            FetchBacklogRead::Sendfile
         );
         assert!(Cli::try_parse_from(["ringmq", "--fetch-backlog-read", "splice"]).is_err());
     }

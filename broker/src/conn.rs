@@ -5,6 +5,8 @@
 //!          ─ decode ─ spawn handler task ─► [bounded queue: max in-flight requests]
 //!  writer: take the oldest pending handler, await it, write its response chunks, release its
 //!          budget                                   (responses leave in request order)
+//!          a response holding file ranges: flush, then `sendfile::send_parts` on the blocking
+//!          pool, awaited before the next response
 //! ```
 //!
 //! Memory per connection is bounded by the in-flight byte budget (request frames held until
@@ -24,6 +26,8 @@ use glommio::sync::Semaphore;
 use kafka_protocol::messages::ApiKey;
 use ringmq_wire::fetch::Chunks;
 use ringmq_wire::frame::{frame_len, SIZE_PREFIX_LEN};
+use ringmq_wire::part::Part;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 /// Socket read buffer per connection.
@@ -44,6 +48,8 @@ enum Pending {
 /// Serves `stream` until the client closes it, sends bad input, or shutdown begins.
 pub async fn serve(core: Rc<Core>, stream: TcpStream, conn: ConnInfo) {
     let _ = stream.set_nodelay(true);
+    // For responses sent from the blocking pool; valid while the write half lives.
+    let sock = stream.as_raw_fd();
     let (rd, wr) = futures_lite::io::split(stream);
     let (tx, rx) =
         local_channel::new_bounded::<Pending>(core.config.max_inflight_requests_per_connection);
@@ -53,6 +59,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, conn: ConnInfo) {
     let writer = glommio::spawn_local(write_loop(
         rx,
         BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr),
+        sock,
         conn.clone(),
     ));
     let why = read_loop(
@@ -177,6 +184,7 @@ async fn read_loop<R: futures_lite::AsyncRead + Unpin>(
 async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
     rx: local_channel::LocalReceiver<Pending>,
     mut wr: BufWriter<W>,
+    sock: RawFd,
     conn: ConnInfo,
 ) {
     loop {
@@ -193,7 +201,7 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
         };
         let Some(pending) = next else { break };
         let chunks = match pending {
-            Pending::Ready(b) => Chunks { parts: vec![b] },
+            Pending::Ready(b) => Chunks::one(b),
             Pending::Task(task, permit, response_permit) => {
                 let out = match await_flushing(task, &mut wr).await {
                     Ok(out) => out,
@@ -218,15 +226,33 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
                 }
             }
         };
-        for part in &chunks.parts {
-            if let Err(e) = wr.write_all(part).await {
-                tracing::debug!(conn = conn.id, "write failed: {e}");
-                return;
-            }
+        if let Err(e) = write_response(&mut wr, sock, chunks).await {
+            tracing::debug!(conn = conn.id, "write failed: {e}");
+            return;
         }
     }
     let _ = wr.flush().await;
     let _ = wr.close().await;
+}
+
+/// Writes one response: through the buffer, or, when it holds file ranges, after a flush from
+/// the blocking pool (`sendfile` module), which this awaits so responses stay in order.
+async fn write_response<W: futures_lite::AsyncWrite + Unpin>(
+    wr: &mut BufWriter<W>,
+    sock: RawFd,
+    chunks: Chunks,
+) -> std::io::Result<()> {
+    if chunks.has_file_parts() {
+        wr.flush().await?;
+        return crate::sendfile::send_parts(sock, chunks.parts).await;
+    }
+    for part in &chunks.parts {
+        match part {
+            Part::Bytes(b) => wr.write_all(b).await?,
+            Part::File(_) => return Err(std::io::Error::other("file part in a buffered response")),
+        }
+    }
+    Ok(())
 }
 
 /// Awaits a handler. If it is not done yet, the responses already buffered are flushed first:

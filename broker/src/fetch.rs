@@ -16,9 +16,8 @@
 use crate::core::{current, futures_join_all, Core};
 use crate::errors;
 use crate::metadata::Snapshot;
-use bytes::Bytes;
 use kafka_protocol::messages::FetchRequest;
-use ringmq_engine::{Offset, QueueId};
+use ringmq_engine::{Offset, Part, QueueId};
 use ringmq_wire::fetch::{FetchPartition, FetchResponseBody, FetchTopic, TOPIC_IDS_FROM};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -39,13 +38,14 @@ struct Slot {
     max_bytes: usize,
 }
 
-/// What one partition read produced.
+/// What one partition read produced. `Send`: a read on another core comes back through the
+/// mesh by pointer, its bytes refcounted and its file ranges holding `Arc<File>`s.
 #[derive(Debug, Clone, Default)]
 struct PartRead {
     error: i16,
     high_watermark: i64,
     log_start: i64,
-    batches: Vec<Bytes>,
+    batches: Vec<Part>,
 }
 
 pub async fn handle(core: &Rc<Core>, req: FetchRequest, version: i16) -> FetchResponseBody {
@@ -62,7 +62,7 @@ pub async fn handle(core: &Rc<Core>, req: FetchRequest, version: i16) -> FetchRe
     loop {
         let total: usize = reads
             .iter()
-            .map(|r| r.batches.iter().map(Bytes::len).sum::<usize>())
+            .map(|r| r.batches.iter().map(Part::len).sum::<usize>())
             .sum();
         let errored = reads.iter().any(|r| r.error != errors::NONE);
         if min_bytes == 0
@@ -221,11 +221,11 @@ async fn read_on_owner(parts: Vec<(usize, QueueId, i64, usize)>, limit: usize) -
         } else if offset < readable && budget > 0 {
             match core
                 .store
-                .read(queue, Offset(offset as u64), max_bytes.min(budget))
+                .read_sendable(queue, Offset(offset as u64), max_bytes.min(budget))
                 .await
             {
                 Ok(read) => {
-                    let n: usize = read.batches.iter().map(Bytes::len).sum();
+                    let n: usize = read.batches.iter().map(Part::len).sum();
                     budget = budget.saturating_sub(n);
                     r.high_watermark = read.end_offset.0 as i64;
                     r.log_start = read.log_start_offset.0 as i64;

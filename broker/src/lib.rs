@@ -8,6 +8,7 @@
 //!  group    the consumer-group coordinator (one per core); groups routes requests to it
 //!  core     one core's state; mesh: cross-core calls        metadata: topics, the one writer
 //!  store    the engine shard (or an in-memory double)       config: flags, env, TOML
+//!  sendfile responses holding file ranges, sent from the blocking-thread pool
 //! ```
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod mesh;
 pub mod metadata;
 pub mod offsets;
 pub mod produce;
+pub mod sendfile;
 pub mod server;
 pub mod store;
 pub mod versions;

@@ -108,7 +108,8 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         );
         let builder = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
             .name(&format!("ringmq-core-{i}"))
-            .io_memory(io_memory);
+            .io_memory(io_memory)
+            .blocking_thread_pool_placement(crate::sendfile::blocking_pool_placement(i % cpus));
         let handle = builder
             .spawn(move || async move {
                 // SAFETY: `fd` is a listening socket we own; ownership moves into the listener.

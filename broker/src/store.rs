@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 use ringmq_engine::{
-    Appended, Durability, EngineError, Offset, ProducerBatch, QueueId, ReadResult, Shard,
+    Appended, Durability, EngineError, Offset, Part, ProducerBatch, QueueId, ReadResult, Shard,
 };
 use ringmq_wire::record_batch::{set_base_offset, validate};
 use std::cell::RefCell;
@@ -42,6 +42,24 @@ impl Store {
         match self {
             Store::Engine(s) => s.read(q, from, max_bytes).await,
             Store::Memory(m) => m.read(q, from, max_bytes),
+        }
+    }
+
+    /// [`Store::read`] for a fetch: batches the engine leaves in the page cache come back as
+    /// file ranges (`--fetch-backlog-read sendfile`), the rest as bytes.
+    pub async fn read_sendable(
+        &self,
+        q: QueueId,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadResult<Part>, EngineError> {
+        match self {
+            Store::Engine(s) => s.read_sendable(q, from, max_bytes).await,
+            Store::Memory(m) => m.read(q, from, max_bytes).map(|r| ReadResult {
+                batches: r.batches.into_iter().map(Part::Bytes).collect(),
+                end_offset: r.end_offset,
+                log_start_offset: r.log_start_offset,
+            }),
         }
     }
 

@@ -25,7 +25,8 @@ use crate::log::recovery::{now_ms, recover};
 use crate::log::SegmentSet;
 use crate::producers::ProducerTable;
 use crate::{
-    Appended, Durability, EngineError, Offset, ProducerBatch, QueueId, ReadResult, ShardConfig,
+    Appended, BacklogRead, Durability, EngineError, Offset, Part, ProducerBatch, QueueId,
+    ReadResult, ShardConfig,
 };
 use bytes::Bytes;
 use glommio::sync::Semaphore;
@@ -73,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) prep_started: Cell<bool>,
     /// Backlog readahead chunks (`log::readahead`).
     pub(crate) chunks: Rc<crate::log::readahead::ChunkCache>,
+    /// Segment descriptors for the `sendfile` backlog-read mode (`log::sendfile`).
+    pub(crate) seg_files: crate::log::sendfile::SegmentFiles,
     /// Rolls that used a prepared segment, and those whose segment was wholly zero-filled
     /// (tests and metrics).
     pub prepared_rolls: Cell<u64>,
@@ -154,6 +157,7 @@ impl Shard {
             next_segment: RefCell::new(None),
             prep_started: Cell::new(false),
             chunks: Rc::new(crate::log::readahead::ChunkCache::new()),
+            seg_files: Default::default(),
             tasks: RefCell::new(Vec::new()),
         });
         inner.tasks.borrow_mut().push(spawn_committer(&inner));
@@ -214,47 +218,36 @@ impl Shard {
         let inner = &self.inner;
         let plan = inner.plan_read(queue, from, max_bytes)?;
         let mut batches: Vec<Option<Bytes>> = plan.items.iter().map(|i| i.cached.clone()).collect();
-        // Runs of uncached entries in one segment are read together.
-        let mut i = 0;
-        while i < plan.items.len() {
-            if batches[i].is_some() {
-                i += 1;
-                continue;
-            }
-            let seg = inner
-                .state
-                .borrow()
-                .segments
-                .find(plan.items[i].loc.log_pos)
-                .cloned();
-            let Some(seg) = seg else {
-                return Err(inner.out_of_range(queue, from));
-            };
-            let mut j = i;
-            while j < plan.items.len()
-                && batches[j].is_none()
-                && plan.items[j].loc.log_pos < seg.end()
-            {
-                j += 1;
-            }
-            let locs: Vec<EntryLoc> = plan.items[i..j].iter().map(|x| x.loc).collect();
-            let got = inner.read_backlog(queue, from, &seg, &locs).await?;
-            let short = got.len() < locs.len();
-            for (k, b) in got.into_iter().enumerate() {
-                batches[i + k] = Some(b);
-            }
-            if short {
-                // The read returned a prefix (readahead's per-read chunk budget): the result
-                // must stay contiguous, so it ends there.
-                break;
-            }
-            i = j;
-        }
-        Ok(ReadResult {
-            batches: batches.into_iter().map_while(|b| b).collect(),
-            end_offset: Offset(plan.visible_end),
-            log_start_offset: Offset(plan.log_start),
-        })
+        inner
+            .read_uncached(queue, from, &plan, &mut batches)
+            .await?;
+        Ok(plan.result(batches))
+    }
+
+    /// [`Shard::read`] for a caller that sends the batches to a socket: in
+    /// [`crate::BacklogRead::Sendfile`] mode, batches in sealed log blocks that are not in the
+    /// tail cache come back as [`Part::File`] ranges (unread, not CRC-checked; see
+    /// `log::sendfile`), the rest as bytes. In the other modes every part is bytes.
+    pub async fn read_sendable(
+        &self,
+        queue: QueueId,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadResult<Part>, EngineError> {
+        let inner = &self.inner;
+        let plan = inner.plan_read(queue, from, max_bytes)?;
+        let mut batches: Vec<Option<Part>> = if inner.cfg.backlog_read == BacklogRead::Sendfile {
+            inner.file_ranges(&plan)
+        } else {
+            plan.items
+                .iter()
+                .map(|i| i.cached.clone().map(Part::Bytes))
+                .collect()
+        };
+        inner
+            .read_uncached(queue, from, &plan, &mut batches)
+            .await?;
+        Ok(plan.result(batches))
     }
 
     /// Resolves once data at or after `offset` of `queue` is readable (its visible end passed
@@ -446,6 +439,17 @@ struct ReadPlan {
     items: Vec<ReadItem>,
     visible_end: u64,
     log_start: u64,
+}
+
+impl ReadPlan {
+    /// The batches read, up to the first one missing (the result stays contiguous).
+    fn result<T>(&self, batches: Vec<Option<T>>) -> ReadResult<T> {
+        ReadResult {
+            batches: batches.into_iter().map_while(|b| b).collect(),
+            end_offset: Offset(self.visible_end),
+            log_start_offset: Offset(self.log_start),
+        }
+    }
 }
 
 impl Inner {
@@ -666,6 +670,78 @@ impl Inner {
             visible_end,
             log_start: q.log_start_offset,
         })
+    }
+
+    /// Reads the planned batches still missing from `batches` from the log (runs of uncached
+    /// entries in one segment together). A read that returns a prefix ends the result there.
+    async fn read_uncached<T: From<Bytes>>(
+        &self,
+        queue: QueueId,
+        from: Offset,
+        plan: &ReadPlan,
+        batches: &mut [Option<T>],
+    ) -> Result<(), EngineError> {
+        let mut i = 0;
+        while i < plan.items.len() {
+            if batches[i].is_some() {
+                i += 1;
+                continue;
+            }
+            let seg = self
+                .state
+                .borrow()
+                .segments
+                .find(plan.items[i].loc.log_pos)
+                .cloned();
+            let Some(seg) = seg else {
+                return Err(self.out_of_range(queue, from));
+            };
+            let mut j = i;
+            while j < plan.items.len()
+                && batches[j].is_none()
+                && plan.items[j].loc.log_pos < seg.end()
+            {
+                j += 1;
+            }
+            let locs: Vec<EntryLoc> = plan.items[i..j].iter().map(|x| x.loc).collect();
+            let got = self.read_backlog(queue, from, &seg, &locs).await?;
+            let short = got.len() < locs.len();
+            for (k, b) in got.into_iter().enumerate() {
+                batches[i + k] = Some(T::from(b));
+            }
+            if short {
+                // The read returned a prefix (readahead's per-read chunk budget): the result
+                // must stay contiguous, so it ends there.
+                break;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// For each planned batch: its cached bytes, else a file range when it lies wholly below
+    /// [`crate::log::sendfile::sendfile_limit`], else None (to be read). No await between
+    /// the plan and this: retention cannot have removed a planned segment yet.
+    fn file_ranges(&self, plan: &ReadPlan) -> Vec<Option<Part>> {
+        let limit = crate::log::sendfile::sendfile_limit(self.gc.written());
+        let st = self.state.borrow();
+        plan.items
+            .iter()
+            .map(|item| {
+                if let Some(b) = &item.cached {
+                    return Some(Part::Bytes(b.clone()));
+                }
+                let loc = item.loc;
+                if loc.log_pos + u64::from(loc.entry_len) > limit {
+                    return None;
+                }
+                let seg = st.segments.find(loc.log_pos)?;
+                let payload = loc.entry_len as usize - HEADER_LEN;
+                self.seg_files
+                    .range(seg, loc.log_pos + HEADER_LEN as u64, payload)
+                    .map(Part::File)
+            })
+            .collect()
     }
 
     pub(crate) async fn flush_to(&self, pos: u64) -> Result<(), EngineError> {

@@ -1,6 +1,7 @@
 //! Catch-up reads with librdkafka: a backlog larger than the broker's tail cache (64 MiB),
 //! produced, then read from the beginning after a restart (the tail cache is empty, so every
-//! record comes from disk), with each `--fetch-backlog-read` mode. Every acknowledged record
+//! record comes from disk), with each `--fetch-backlog-read` mode (in `sendfile` mode most of
+//! it leaves through sendfile(2) from the page cache). Every acknowledged record
 //! must come back at its offset with its exact payload.
 
 use std::collections::BTreeMap;
@@ -87,4 +88,9 @@ fn catch_up_after_restart_with_readahead() {
 #[test]
 fn catch_up_after_restart_with_direct_reads() {
     catch_up_after_restart("direct");
+}
+
+#[test]
+fn catch_up_after_restart_with_sendfile() {
+    catch_up_after_restart("sendfile");
 }

@@ -23,6 +23,7 @@
 //! Tagged fields that would hold defaults are omitted, as Kafka does (old librdkafka misreads
 //! non-empty tagged fields).
 
+use crate::part::Part;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Lowest Fetch version this encoder writes (what kafka-protocol decodes too).
@@ -42,8 +43,8 @@ pub struct FetchPartition {
     pub high_watermark: i64,
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
-    /// Whole stored batches, in offset order, sent as they are.
-    pub batches: Vec<Bytes>,
+    /// Whole stored batches, in offset order, sent as they are (from memory or by file range).
+    pub batches: Vec<Part>,
 }
 
 /// One topic of a fetch response.
@@ -64,24 +65,37 @@ pub struct FetchResponseBody {
 }
 
 /// A response frame as a list of chunks to be written in order; the first starts with the
-/// size prefix.
+/// size prefix (and is always bytes).
 #[derive(Debug, Default)]
 pub struct Chunks {
-    pub parts: Vec<Bytes>,
+    pub parts: Vec<Part>,
 }
 
 impl Chunks {
-    pub fn total_len(&self) -> usize {
-        self.parts.iter().map(Bytes::len).sum()
+    /// A response of one buffer.
+    pub fn one(frame: Bytes) -> Chunks {
+        Chunks {
+            parts: vec![Part::Bytes(frame)],
+        }
     }
 
-    /// Concatenates the chunks (for tests and small responses).
-    pub fn to_vec(&self) -> Vec<u8> {
+    pub fn total_len(&self) -> usize {
+        self.parts.iter().map(Part::len).sum()
+    }
+
+    /// Whether some part is a file range (the writer must send it with `sendfile`).
+    pub fn has_file_parts(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::File(_)))
+    }
+
+    /// Concatenates the chunks (for tests and small responses); None if a part is a file
+    /// range (this crate does no I/O).
+    pub fn to_vec(&self) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(self.total_len());
         for p in &self.parts {
-            out.extend_from_slice(p);
+            out.extend_from_slice(p.as_bytes()?);
         }
-        out
+        Some(out)
     }
 }
 
@@ -133,7 +147,7 @@ pub fn encode_fetch_response(
             if version >= 11 {
                 w.cur.put_i32(-1); // preferred_read_replica: none
             }
-            let records_len: usize = p.batches.iter().map(Bytes::len).sum();
+            let records_len: usize = p.batches.iter().map(Part::len).sum();
             if flexible {
                 put_uvarint(&mut w.cur, records_len as u64 + 1);
             } else {
@@ -156,11 +170,11 @@ pub fn encode_fetch_response(
     w.finish()
 }
 
-/// Accumulates small encoded pieces in `cur`, cutting a chunk each time a shared buffer is
-/// pushed.
+/// Accumulates small encoded pieces in `cur`, cutting a chunk each time a shared buffer or a
+/// file range is pushed.
 struct ChunkWriter {
     first: Option<BytesMut>,
-    parts: Vec<Bytes>,
+    parts: Vec<Part>,
     cur: BytesMut,
 }
 
@@ -181,11 +195,11 @@ impl ChunkWriter {
         if self.first.is_none() {
             self.first = Some(piece);
         } else {
-            self.parts.push(piece.freeze());
+            self.parts.push(Part::Bytes(piece.freeze()));
         }
     }
 
-    fn push_shared(&mut self, b: Bytes) {
+    fn push_shared(&mut self, b: Part) {
         if b.is_empty() {
             return;
         }
@@ -216,11 +230,11 @@ impl ChunkWriter {
             .first
             .take()
             .expect("the header is always written first");
-        let total: usize = first.len() + self.parts.iter().map(Bytes::len).sum::<usize>();
+        let total: usize = first.len() + self.parts.iter().map(Part::len).sum::<usize>();
         let size = (total - crate::frame::SIZE_PREFIX_LEN) as i32;
         first[..4].copy_from_slice(&size.to_be_bytes());
         let mut parts = Vec::with_capacity(self.parts.len() + 1);
-        parts.push(first.freeze());
+        parts.push(Part::Bytes(first.freeze()));
         parts.append(&mut self.parts);
         Chunks { parts }
     }
@@ -261,8 +275,8 @@ mod tests {
                             last_stable_offset: 10,
                             log_start_offset: 0,
                             batches: vec![
-                                Bytes::from_static(b"batch-one"),
-                                Bytes::from_static(b"batch-two!"),
+                                Bytes::from_static(b"batch-one").into(),
+                                Bytes::from_static(b"batch-two!").into(),
                             ],
                         },
                         FetchPartition {
@@ -294,7 +308,11 @@ mod tests {
                     .partitions
                     .iter()
                     .map(|p| {
-                        let records: Vec<u8> = p.batches.iter().flat_map(|b| b.to_vec()).collect();
+                        let records: Vec<u8> = p
+                            .batches
+                            .iter()
+                            .flat_map(|b| b.as_bytes().expect("in memory").to_vec())
+                            .collect();
                         KPartition::default()
                             .with_partition_index(p.partition_index)
                             .with_error_code(p.error_code)
@@ -323,7 +341,7 @@ mod tests {
     fn matches_the_generic_encoder_for_every_version() {
         let body = sample();
         for version in FETCH_MIN_VERSION..=FETCH_MAX_VERSION {
-            let mine = encode_fetch_response(42, version, &body).to_vec();
+            let mine = encode_fetch_response(42, version, &body).to_vec().unwrap();
             let mut theirs_resp = reference(&body);
             if version < TOPIC_IDS_FROM {
                 theirs_resp
@@ -348,7 +366,7 @@ mod tests {
             topics: vec![FetchTopic {
                 name: "t".into(),
                 partitions: vec![FetchPartition {
-                    batches: vec![batch.clone()],
+                    batches: vec![batch.clone().into()],
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -356,8 +374,69 @@ mod tests {
             ..Default::default()
         };
         let chunks = encode_fetch_response(1, 11, &body);
-        assert!(chunks.parts.iter().any(|p| p.as_ptr() == batch.as_ptr()));
-        let size = i32::from_be_bytes(chunks.parts[0][..4].try_into().unwrap()) as usize;
+        assert!(chunks
+            .parts
+            .iter()
+            .any(|p| p.as_bytes().is_some_and(|b| b.as_ptr() == batch.as_ptr())));
+        let first = chunks.parts[0].as_bytes().unwrap();
+        let size = i32::from_be_bytes(first[..4].try_into().unwrap()) as usize;
         assert_eq!(size + 4, chunks.total_len());
+    }
+
+    #[test]
+    fn file_ranges_are_parts_of_their_own_and_count_in_the_sizes() {
+        // Catches: a file range folded into a neighbouring bytes chunk, or left out of the
+        // records length / frame size (the client would misparse the response).
+        let file = std::sync::Arc::new(std::fs::File::open("/dev/null").unwrap());
+        let range = crate::part::FileRange {
+            file,
+            pos: 4096,
+            len: 777,
+        };
+        let body = FetchResponseBody {
+            topics: vec![FetchTopic {
+                name: "t".into(),
+                partitions: vec![FetchPartition {
+                    batches: vec![Bytes::from(vec![1u8; 10]).into(), Part::File(range)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let chunks = encode_fetch_response(1, 12, &body);
+        assert!(chunks.has_file_parts());
+        assert!(chunks.to_vec().is_none());
+        let files: Vec<_> = chunks
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::File(f) => Some((f.pos, f.len)),
+                Part::Bytes(_) => None,
+            })
+            .collect();
+        assert_eq!(files, vec![(4096, 777)]);
+        let first = chunks.parts[0].as_bytes().unwrap();
+        let size = i32::from_be_bytes(first[..4].try_into().unwrap()) as usize;
+        assert_eq!(size + 4, chunks.total_len());
+        // The bytes-only equivalent has the same layout around the records.
+        let same = FetchResponseBody {
+            topics: vec![FetchTopic {
+                name: "t".into(),
+                partitions: vec![FetchPartition {
+                    batches: vec![
+                        Bytes::from(vec![1u8; 10]).into(),
+                        Bytes::from(vec![0u8; 777]).into(),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            encode_fetch_response(1, 12, &same).total_len(),
+            chunks.total_len()
+        );
     }
 }

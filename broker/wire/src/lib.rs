@@ -10,10 +10,12 @@
 //!   process on a crafted array length (brokers and clients decode untrusted frames).
 //! - [`frame`]: the 4-byte size prefix and request/response headers on both sides.
 //! - [`fetch`]: the Fetch response encoded by hand around stored batches (no record copy).
+//! - [`part`]: a response piece: bytes, or a file range the connection writer `sendfile`s.
 
 pub mod alloc;
 pub mod fetch;
 pub mod frame;
+pub mod part;
 pub mod record_batch;
 pub mod records;
 pub mod varint;

@@ -18,6 +18,7 @@ pub(crate) mod readahead;
 pub(crate) mod reader;
 pub(crate) mod recovery;
 pub(crate) mod retention;
+pub(crate) mod sendfile;
 
 use crate::io::StorageFile;
 use std::cell::Cell;

@@ -29,7 +29,8 @@ impl Inner {
         locs: &[EntryLoc],
     ) -> Result<Vec<Bytes>, EngineError> {
         let got = match self.cfg.backlog_read {
-            BacklogRead::Readahead => {
+            // Sendfile mode reads (batches near the tail, `Shard::read`) as readahead does.
+            BacklogRead::Readahead | BacklogRead::Sendfile => {
                 read_entries_ahead(&self.chunks, seg, locs, self.gc.written()).await
             }
             BacklogRead::Direct => read_entries(seg, locs).await,

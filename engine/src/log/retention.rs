@@ -57,6 +57,7 @@ impl Inner {
             }
             for s in &doomed {
                 st.seg_index.forget(*s);
+                self.seg_files.forget(*s);
             }
             doomed
                 .iter()
