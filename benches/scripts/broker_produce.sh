@@ -16,7 +16,8 @@
 # Knobs (environment): REPS (3), WARMUP (2s), DURATION (5s, closed-loop runs), LAT_DURATION
 # (10s, open-loop runs), LAT_LINGER_MS (0: linger of the open-loop runs), BROKER_CPU (0),
 # LOADGEN_CPU (1), IDLE_SECONDS (5), OUT_DIR (a fresh /tmp dir), MAX_SECONDS (900: no new run
-# starts past this; each run has its own 120 s timeout), BUILD_TIMEOUT (1500 s), IOU_TRACE (1).
+# starts past this; each run has its own 120 s timeout), BUILD_TIMEOUT (1500 s), IOU_TRACE (1),
+# BROKER_ARGS (extra flags for every broker started, e.g. "--iowq-cpus others").
 # Needs: jq, taskset; python3 for the fdatasync probe and perf (root) for the io_uring trace
 # (both optional).
 # Everything it writes (loadgen --json reports, stdout, broker logs, summary.txt) is in OUT_DIR.
@@ -63,6 +64,7 @@ say "ringmq issue-3 produce benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 say "machine: nproc=$(nproc) kernel=$(uname -r) cpu='$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')' mem=$(awk '/MemTotal/{print $2" kB"}' /proc/meminfo)"
 say "uptime at start: $(uptime)"
 say "git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree may be dirty)"
+say "broker args: ${BROKER_ARGS:-none}"
 say "out dir: $OUT_DIR"
 
 # ---- build -----------------------------------------------------------------------------------
@@ -72,10 +74,11 @@ say "binaries: $(ls -l --time-style=+%H:%M "$BIN/ringmq" "$BIN/ringmq-loadgen" |
 
 # ---- helpers ---------------------------------------------------------------------------------
 STORAGE_ARGS=()
-# start_fresh NAME: a broker on an empty OUT_DIR/data-NAME, with STORAGE_ARGS.
+read -r -a EXTRA_BROKER_ARGS <<<"${BROKER_ARGS:-}"
+# start_fresh NAME: a broker on an empty OUT_DIR/data-NAME, with STORAGE_ARGS and BROKER_ARGS.
 start_fresh() {
     rm -rf "$OUT_DIR/data-$1"
-    start_broker "$1" "$OUT_DIR/data-$1" "${STORAGE_ARGS[@]}"
+    start_broker "$1" "$OUT_DIR/data-$1" "${STORAGE_ARGS[@]}" "${EXTRA_BROKER_ARGS[@]}"
 }
 rss_kib() { awk '/^VmRSS/{print $2}' "/proc/$BROKER_PID/status"; }
 # fdatasync latency of 4 KiB writes in the data directory's file system, right now: the disk is

@@ -46,6 +46,8 @@ pub struct Plan {
     pub queue_counts: Vec<u32>,
     pub durabilities: Vec<Durability>,
     pub bare_fsync_pairs: usize,
+    /// Offered rate of the open-loop run; None: [`OPEN_LOOP_LOAD`] x the closed-loop rate.
+    pub open_loop_mb_per_s: Option<f64>,
 }
 
 /// Environment variables that narrow a plan to a subset (comma-separated lists), so that
@@ -55,6 +57,9 @@ pub const QUEUES_ENV: &str = "RINGMQ_BENCH_QUEUES";
 /// `written`, `durable` or both.
 pub const ACKS_ENV: &str = "RINGMQ_BENCH_ACKS";
 pub const REPS_ENV: &str = "RINGMQ_BENCH_REPS";
+/// Fixed offered rate (MB/s) for the open-loop run, so that A/B runs compare latency at the
+/// same load (by default the rate follows each run's own closed-loop throughput).
+pub const OPEN_MBPS_ENV: &str = "RINGMQ_BENCH_OPEN_MBPS";
 /// MiB appended per engine run (and written per raw run); a multiple of 1 MiB.
 pub const MIB_ENV: &str = "RINGMQ_BENCH_MIB";
 /// Most MiB per run a plan may ask for.
@@ -73,6 +78,7 @@ impl Plan {
             queue_counts: vec![1, 64, 10_000],
             durabilities: vec![Durability::Written, Durability::Durable],
             bare_fsync_pairs: 1000,
+            open_loop_mb_per_s: None,
         }
     }
 
@@ -108,6 +114,15 @@ impl Plan {
                 .ok_or_else(|| format!("{MIB_ENV}: want 1..={MAX_MIB_PER_RUN}, got {v:?}"))?;
             self.bytes_per_run = mib << 20;
         }
+        if let Some(v) = var(OPEN_MBPS_ENV) {
+            self.open_loop_mb_per_s = Some(
+                v.trim()
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| *r > 0.0 && r.is_finite())
+                    .ok_or_else(|| format!("{OPEN_MBPS_ENV}: want a positive rate, got {v:?}"))?,
+            );
+        }
         if let Some(v) = var(REPS_ENV) {
             self.repetitions = v
                 .trim()
@@ -141,6 +156,8 @@ pub struct Row {
     pub latency: Option<LatencyUs>,
     /// CPU time of the executor thread over the run's wall time (1.0 = one core saturated).
     pub cpu_busy: f64,
+    /// Bytes the closed loop keeps outstanding: appenders x mean batch length.
+    pub outstanding_bytes: f64,
 }
 
 /// Everything one benchmark run measured.
@@ -326,6 +343,7 @@ impl Report {
                                 if ratio >= 1.0 / 3.0 { "MET" } else { "MISSED" }
                             ),
                         );
+                        line(&mut out, self.littles_law(plan, r, l));
                     }
                 }
             }
@@ -344,6 +362,43 @@ impl Report {
             );
         }
         out
+    }
+}
+
+impl Report {
+    /// The closed loop's latency floor by Little's law, beside the target and the measured
+    /// latency: with `outstanding` bytes always in flight, the mean latency is outstanding /
+    /// throughput, at this run's throughput and at the fastest rate any raw loop of the run
+    /// reached (a floor for any engine on this disk: no engine writes faster than the disk).
+    fn littles_law(&self, plan: &Plan, r: &Row, l: LatencyUs) -> String {
+        let target = 3.0 * self.bare_fsync.p99;
+        let fastest = self
+            .raw_mb_per_s
+            .iter()
+            .flat_map(|&(_, f, z)| [f, z])
+            .chain([self.raw_engine_shape_mb_per_s])
+            .filter(|x| x.is_finite())
+            .fold(0.0f64, f64::max);
+        // bytes / (MB/s) = us
+        let at_run = r.outstanding_bytes / r.mb_per_s;
+        let at_disk = r.outstanding_bytes / fastest;
+        format!(
+            "    Little's law: {} appenders x {:.0} KiB outstanding -> mean latency {:.0} us at this run's {:.0} MB/s (measured: p50 {:.0}, p99 {:.0} us); >= {:.0} us at the fastest raw rate of the run ({:.0} MB/s) for ANY engine; target p99 <= {:.0} us: {}",
+            plan.appenders,
+            r.outstanding_bytes / plan.appenders as f64 / 1024.0,
+            at_run,
+            r.mb_per_s,
+            l.p50,
+            l.p99,
+            at_disk,
+            fastest,
+            target,
+            if at_disk > target {
+                "out of reach of any engine for this closed loop"
+            } else {
+                "not excluded by the bound"
+            }
+        )
     }
 }
 
@@ -422,7 +477,9 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
             .max_by_key(|c| c.1)
             .map(|c| (c.1, median(&c.2)));
         if let Some((queues, closed_mb_s)) = closed {
-            let offered = closed_mb_s * OPEN_LOOP_LOAD;
+            let offered = plan
+                .open_loop_mb_per_s
+                .unwrap_or(closed_mb_s * OPEN_LOOP_LOAD);
             let mut mbs = Vec::new();
             let mut lats = Vec::new();
             for _ in 0..plan.repetitions {
@@ -456,6 +513,7 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
                 mb_per_s: median(&mbs),
                 latency,
                 cpu_busy: median(&cpus),
+                outstanding_bytes: plan.appenders as f64 * mean_batch_bytes(&pool),
             });
         }
     }
@@ -500,6 +558,11 @@ async fn raw_mb(
         .map_err(|e| format!("raw loop: {e}"))
 }
 
+/// Mean length of the batches in `pool`.
+pub fn mean_batch_bytes(pool: &[Bytes]) -> f64 {
+    pool.iter().map(|b| b.len() as f64).sum::<f64>() / pool.len().max(1) as f64
+}
+
 /// Prebuilt batches of about `batch_bytes` made of ~1 KiB records.
 pub fn build_pool(batch_bytes: usize) -> Vec<Bytes> {
     let records = (batch_bytes / 1024).max(1);
@@ -539,7 +602,7 @@ pub async fn append_run(
     queues: u32,
     pace_bytes_per_s: Option<f64>,
 ) -> Result<(Throughput, Histogram<u64>, Duration), EngineError> {
-    let mean_batch = pool.iter().map(|b| b.len() as f64).sum::<f64>() / pool.len().max(1) as f64;
+    let mean_batch = mean_batch_bytes(pool);
     let interval = pace_bytes_per_s
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(mean_batch / r));

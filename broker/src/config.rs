@@ -88,6 +88,15 @@ pub struct Cli {
     /// kernel-notes/o-direct-reads.md.
     #[arg(long, env = "RINGMQ_FETCH_BACKLOG_READ")]
     pub fetch_backlog_read: Option<FetchBacklogRead>,
+    /// Where each core's io_uring worker threads (io-wq: every fdatasync, writes that would
+    /// block) may run: `inherit` (default: the kernel starts them on the core's own CPU),
+    /// `others` (every online CPU but the core's), or a CPU list such as `2,3` (a housekeeping
+    /// set). See kernel-notes/io-uring-iowq.md for the trade-off.
+    #[arg(long, env = "RINGMQ_IOWQ_CPUS")]
+    pub iowq_cpus: Option<crate::iowq::IowqCpus>,
+    /// Most io-wq workers per core for file I/O (0: the kernel's default, 4 per CPU).
+    #[arg(long, env = "RINGMQ_IOWQ_MAX_WORKERS")]
+    pub iowq_max_workers: Option<u32>,
 }
 
 /// How the engine reads fetched data that is no longer in its tail cache.
@@ -140,6 +149,8 @@ struct FileConfig {
     group_max_session_timeout_ms: Option<i32>,
     storage: Option<StorageKind>,
     fetch_backlog_read: Option<FetchBacklogRead>,
+    iowq_cpus: Option<crate::iowq::IowqCpus>,
+    iowq_max_workers: Option<u32>,
 }
 
 /// Resolved configuration.
@@ -164,6 +175,8 @@ pub struct Config {
     pub group_max_session_timeout_ms: i32,
     pub storage: StorageKind,
     pub fetch_backlog_read: FetchBacklogRead,
+    pub iowq_cpus: crate::iowq::IowqCpus,
+    pub iowq_max_workers: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +222,8 @@ impl Default for Config {
             group_max_session_timeout_ms: 1_800_000,
             storage: StorageKind::Engine,
             fetch_backlog_read: FetchBacklogRead::default(),
+            iowq_cpus: crate::iowq::IowqCpus::default(),
+            iowq_max_workers: 0,
         }
     }
 }
@@ -287,6 +302,11 @@ impl Config {
                 .fetch_backlog_read
                 .or(file.fetch_backlog_read)
                 .unwrap_or(d.fetch_backlog_read),
+            iowq_cpus: cli.iowq_cpus.or(file.iowq_cpus).unwrap_or(d.iowq_cpus),
+            iowq_max_workers: cli
+                .iowq_max_workers
+                .or(file.iowq_max_workers)
+                .unwrap_or(d.iowq_max_workers),
         };
         c.check()?;
         Ok(c)
@@ -409,6 +429,39 @@ mod tests {
             FetchBacklogRead::Sendfile
         );
         assert!(Cli::try_parse_from(["ringmq", "--fetch-backlog-read", "splice"]).is_err());
+    }
+
+    #[test]
+    fn io_worker_settings_come_from_flag_env_or_file() {
+        use crate::iowq::IowqCpus;
+        let d = Config::resolve(Cli::try_parse_from(["ringmq"]).unwrap()).unwrap();
+        assert_eq!(
+            (d.iowq_cpus.clone(), d.iowq_max_workers),
+            (IowqCpus::Inherit, 0)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "iowq_cpus = \"1,3-4\"\niowq_max_workers = 2\n").unwrap();
+        let cli = Cli::try_parse_from(["ringmq", "--config", path.to_str().unwrap()]).unwrap();
+        let c = Config::resolve(cli).unwrap();
+        assert_eq!(c.iowq_cpus, IowqCpus::List(vec![1, 3, 4]));
+        assert_eq!(c.iowq_max_workers, 2);
+        let cli = Cli::try_parse_from([
+            "ringmq",
+            "--config",
+            path.to_str().unwrap(),
+            "--iowq-cpus",
+            "others",
+        ])
+        .unwrap();
+        assert_eq!(Config::resolve(cli).unwrap().iowq_cpus, IowqCpus::Others);
+        assert!(Cli::try_parse_from(["ringmq", "--iowq-cpus", "3-1"]).is_err());
+        std::fs::write(&path, "iowq_cpus = \"x\"\n").unwrap();
+        let cli = Cli::try_parse_from(["ringmq", "--config", path.to_str().unwrap()]).unwrap();
+        assert!(matches!(
+            Config::resolve(cli),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod errors;
 pub mod fetch;
 pub mod group;
 pub mod groups;
+pub mod iowq;
 pub mod mesh;
 pub mod metadata;
 pub mod offsets;

@@ -89,7 +89,7 @@ pub async fn handle(core: &Rc<Core>, req: ProduceRequest, version: i16) -> Optio
                 slots.push(PartitionResult::error(errors::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
-            match valid_records(part.records.as_ref()) {
+            match valid_records(part.records.as_ref(), log_append_time) {
                 Ok(records) => {
                     let work = Work {
                         ti,
@@ -179,14 +179,35 @@ struct Work {
 
 /// Checks that a partition's `records` field is a sequence of whole batches, each with valid
 /// counts and CRC-32C, before any of them is appended (Kafka refuses the partition as a whole).
-fn valid_records(records: Option<&Bytes>) -> Result<Bytes, i16> {
+///
+/// The CRC is computed once per batch where that is safe: the store verifies every batch
+/// before it writes anything (`Shard::append`, `MemStore::append`: a bad one is
+/// `CorruptBatch`, answered CORRUPT_MESSAGE), so a field holding a single batch of a
+/// non-idempotent producer is only split here. Verified here as well: several batches (none
+/// may be appended when a later one is bad), a batch about to be stamped with LogAppendTime
+/// (the stamp recomputes the CRC), and an idempotent producer's batch (its producer id, epoch
+/// and sequence drive the idempotence state before the append; they must not come from
+/// corrupt bytes).
+fn valid_records(records: Option<&Bytes>, will_restamp: bool) -> Result<Bytes, i16> {
     let records = match records {
         Some(r) if !r.is_empty() => r,
         _ => return Err(errors::CORRUPT_MESSAGE),
     };
-    for range in split_batches(records) {
-        let range = range.map_err(|e| batch_error_code(&e))?;
-        validate(&records[range]).map_err(|e| batch_error_code(&e))?;
+    let mut ranges = split_batches(records);
+    let first = match ranges.next() {
+        Some(r) => r.map_err(|e| batch_error_code(&e))?,
+        None => return Err(errors::CORRUPT_MESSAGE),
+    };
+    let single = first.end == records.len();
+    let idempotent = BatchHeader::parse(&records[first.clone()])
+        .map_err(|e| batch_error_code(&e))?
+        .has_producer_id();
+    if !single || will_restamp || idempotent {
+        validate(&records[first]).map_err(|e| batch_error_code(&e))?;
+        for range in ranges {
+            let range = range.map_err(|e| batch_error_code(&e))?;
+            validate(&records[range]).map_err(|e| batch_error_code(&e))?;
+        }
     }
     Ok(records.clone())
 }
@@ -240,7 +261,12 @@ async fn append_partition(core: &Core, w: Work) -> PartitionResult {
                     }
                     Err(e) => {
                         core.producers.complete(queue, &header, None);
-                        tracing::warn!(queue = queue.0, "append failed: {e}");
+                        if matches!(e, ringmq_engine::EngineError::CorruptBatch(_)) {
+                            // The client's batch, refused before anything was written.
+                            tracing::debug!(queue = queue.0, "corrupt batch refused: {e}");
+                        } else {
+                            tracing::warn!(queue = queue.0, "append failed: {e}");
+                        }
                         return PartitionResult::error(errors::from_engine(&e));
                     }
                 }
@@ -517,6 +543,49 @@ mod tests {
         assert_eq!(decide(&mut w, &header(0, 0, 1)), Check::Append);
     }
 
+    /// The broker leaves a lone batch's CRC to the store. Catches a store that stops verifying
+    /// it (a corrupt batch would then be stored and acknowledged) or that writes before it
+    /// refuses: both stores must answer `CorruptBatch` and keep the queue empty.
+    #[test]
+    fn both_stores_refuse_a_corrupt_batch_before_writing() {
+        use ringmq_engine::{EngineError, Offset, Shard, ShardConfig};
+        use ringmq_wire::record_batch::{BatchBuilder, ProducerStamp, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(256 << 10)
+            .spawn(move || async move {
+                let mut b = BatchBuilder::new(64);
+                b.push(&Record {
+                    value: Some(b"v"),
+                    ..Default::default()
+                });
+                let mut bad = b.build(ProducerStamp::NONE, 0).to_vec();
+                let last = bad.len() - 1;
+                bad[last] ^= 1;
+                let bad = Bytes::from(bad);
+                let config = ShardConfig {
+                    dir: path,
+                    segment_size_bytes: 16 << 20,
+                    max_batch_bytes: 1 << 20,
+                    io_memory_bytes: 256 << 10,
+                    ..ShardConfig::default()
+                };
+                let engine = crate::store::Store::Engine(Shard::open(config).await.unwrap());
+                let memory = crate::store::Store::Memory(Rc::default());
+                for store in [engine, memory] {
+                    let q = QueueId(7);
+                    let r = store.append(q, bad.clone(), Durability::Durable).await;
+                    assert!(matches!(r, Err(EngineError::CorruptBatch(_))), "{r:?}");
+                    assert_eq!(store.end_offset(q), Offset(0));
+                    store.close().await.unwrap();
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn records_field_is_split_and_checked() {
         use ringmq_wire::record_batch::{BatchBuilder, ProducerStamp, Record};
@@ -527,23 +596,56 @@ mod tests {
         });
         let one = b.build(ProducerStamp::NONE, 0);
         let two = Bytes::from([one.clone(), one.clone()].concat());
-        assert_eq!(batches_of(&valid_records(Some(&two)).unwrap()).count(), 2);
+        assert_eq!(
+            batches_of(&valid_records(Some(&two), false).unwrap()).count(),
+            2
+        );
         let mut bad = one.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
+        let bad = Bytes::from(bad);
+        // A lone batch's CRC is left to the store (checked once, there); several batches, or
+        // one about to be restamped, are checked here.
+        assert!(valid_records(Some(&bad), false).is_ok());
         assert_eq!(
-            valid_records(Some(&Bytes::from(bad))),
+            valid_records(Some(&bad), true),
+            Err(errors::CORRUPT_MESSAGE)
+        );
+        let good_then_bad = Bytes::from([one.to_vec(), bad.to_vec()].concat());
+        let mut stamped = BatchBuilder::new(64);
+        stamped.push(&Record {
+            value: Some(b"v"),
+            ..Default::default()
+        });
+        let mut bad_idempotent = stamped
+            .build(
+                ProducerStamp {
+                    producer_id: 4,
+                    producer_epoch: 0,
+                    base_sequence: 0,
+                },
+                0,
+            )
+            .to_vec();
+        let last = bad_idempotent.len() - 1;
+        bad_idempotent[last] ^= 1;
+        assert_eq!(
+            valid_records(Some(&Bytes::from(bad_idempotent)), false),
             Err(errors::CORRUPT_MESSAGE)
         );
         assert_eq!(
-            valid_records(Some(&two.slice(..two.len() - 1))),
+            valid_records(Some(&good_then_bad), false),
             Err(errors::CORRUPT_MESSAGE)
         );
-        assert_eq!(valid_records(None), Err(errors::CORRUPT_MESSAGE));
+        assert_eq!(
+            valid_records(Some(&two.slice(..two.len() - 1)), false),
+            Err(errors::CORRUPT_MESSAGE)
+        );
+        assert_eq!(valid_records(None, false), Err(errors::CORRUPT_MESSAGE));
         let mut old = one;
         old[16] = 1;
         assert_eq!(
-            valid_records(Some(&Bytes::from(old))),
+            valid_records(Some(&Bytes::from(old)), false),
             Err(errors::UNSUPPORTED_FOR_MESSAGE_FORMAT)
         );
     }

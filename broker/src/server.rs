@@ -112,6 +112,7 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
             .blocking_thread_pool_placement(crate::sendfile::blocking_pool_placement(i % cpus));
         let handle = builder
             .spawn(move || async move {
+                place_io_workers(i, &config);
                 // SAFETY: `fd` is a listening socket we own; ownership moves into the listener.
                 let listener = unsafe { TcpListener::from_raw_fd(fd) };
                 if let Err(e) = run_core(
@@ -178,6 +179,26 @@ fn bind_listeners(
         out.push(l);
     }
     Ok(out)
+}
+
+/// Applies the io-wq settings to this executor thread's io_uring workers (a failure is logged
+/// and the broker goes on with the kernel's placement).
+fn place_io_workers(core: usize, config: &Config) {
+    match crate::iowq::apply(&config.iowq_cpus, config.iowq_max_workers) {
+        Ok(None) => {}
+        Ok(Some(applied)) => tracing::info!(
+            core,
+            cpus = ?applied.cpus,
+            max_workers = ?applied.max_workers,
+            "io_uring workers placed"
+        ),
+        Err(e) => tracing::warn!(
+            core,
+            cpus = ?config.iowq_cpus,
+            max_workers = config.iowq_max_workers,
+            "cannot place io_uring workers, keeping the kernel's placement: {e}"
+        ),
+    }
 }
 
 /// Splits the registered-buffer budget (under RLIMIT_MEMLOCK) between the executors.

@@ -18,7 +18,7 @@
 
 use crate::format::checkpoint::{Checkpoint, ProducerState, QueueState, SegmentIndexState};
 use crate::index::segments::{segment_index_path, Persisted, SegmentWrite};
-use crate::io::{FileKind, IoBuf};
+use crate::io::{close_after, FileKind, IoBuf};
 use crate::log::recovery::CHECKPOINT_FILE;
 use crate::shard::Inner;
 use crate::EngineError;
@@ -135,8 +135,12 @@ impl Inner {
     ) -> Result<(), EngineError> {
         let r = async {
             let f = self.io.open(path.clone(), FileKind::Buffered, true).await?;
-            f.write_at(IoBuf::Heap(bytes), pos).await?;
-            f.fdatasync().await
+            let r = async {
+                f.write_at(IoBuf::Heap(bytes), pos).await?;
+                f.fdatasync().await
+            }
+            .await;
+            close_after(&*f, r).await
         }
         .await;
         r.map_err(|e| {
@@ -162,9 +166,13 @@ impl Inner {
         let len = bytes.len() as u64;
         let r = async {
             let f = self.io.open(tmp.clone(), FileKind::Buffered, true).await?;
-            f.write_at(IoBuf::Heap(bytes), 0).await?;
-            f.truncate(len).await?;
-            f.fdatasync().await?;
+            let r = async {
+                f.write_at(IoBuf::Heap(bytes), 0).await?;
+                f.truncate(len).await?;
+                f.fdatasync().await
+            }
+            .await;
+            close_after(&*f, r).await?;
             self.io
                 .rename(tmp.clone(), dir.join(CHECKPOINT_FILE))
                 .await?;

@@ -25,6 +25,8 @@
 mod cache;
 mod checkpoint;
 mod commit;
+#[cfg(feature = "commit-trace")]
+mod commit_trace;
 mod error;
 pub mod format;
 mod index;

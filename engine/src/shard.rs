@@ -396,8 +396,9 @@ impl Shard {
         self.inner.enforce_retention().await
     }
 
-    /// Flushes, writes a checkpoint, stops the background tasks. Appends, deletes and
-    /// flushes afterwards return `Closed`; closing again is a no-op.
+    /// Flushes, writes a checkpoint, stops the background tasks and closes every file, so
+    /// that a closed shard holds no descriptor even if its executor ends right after.
+    /// Appends, deletes and flushes afterwards return `Closed`; closing again is a no-op.
     pub async fn close(&self) -> Result<(), EngineError> {
         let inner = &self.inner;
         if inner.stopped() {
@@ -407,6 +408,7 @@ impl Shard {
         inner.flush_to(pos).await?;
         inner.checkpoint().await?;
         inner.stop();
+        inner.close_files().await;
         Ok(())
     }
 
@@ -455,6 +457,22 @@ impl ReadPlan {
 impl Inner {
     pub(crate) fn stopped(&self) -> bool {
         self.stopped.get()
+    }
+
+    /// Closes every segment file, and the next segment's if one was prepared (once its
+    /// zeroing write in flight, if any, completed: an operation still in flight when the
+    /// executor ends would keep its descriptor open).
+    async fn close_files(&self) {
+        let mut segs: Vec<_> = self.state.borrow().segments.map.values().cloned().collect();
+        let prepared = self.next_segment.borrow_mut().take();
+        if let Some(p) = prepared {
+            p.take().await;
+            segs.push(p.seg.clone());
+        }
+        for s in segs {
+            s.close_quietly().await;
+        }
+        self.seg_files.forget_all();
     }
 
     fn stop(&self) {

@@ -66,6 +66,9 @@ struct Producer {
     pool: Rc<Pool>,
     /// Open batch per partition.
     open: Vec<Option<OpenBatch>>,
+    /// The partitions with an open batch, so that per-request work does not scan every
+    /// partition (10,000 of them made loadgen, not the broker, the bottleneck).
+    open_parts: Vec<i32>,
     /// Partition for keyless records (moves on after each batch, like Kafka's sticky partitioner).
     sticky: i32,
     values: ValueMaker,
@@ -79,6 +82,7 @@ impl Producer {
         let partitions = ctx.cluster.partitions();
         Producer {
             open: (0..partitions).map(|_| None).collect(),
+            open_parts: Vec::new(),
             sticky: (plan.id as i32) % partitions,
             values: ValueMaker::new(plan.id as u64 + 1),
             rng: Rng::new(0xC0FFEE + plan.id as u64),
@@ -149,8 +153,11 @@ impl Producer {
         let pos = self.rng.next_u64();
         let value = self.values.make(size, intended_ns, pos);
         let batch_bytes = ctx.args.batch_bytes;
-        let batch = self.open[partition as usize]
-            .get_or_insert_with(|| OpenBatch::new(batch_bytes, now_ns));
+        let slot = &mut self.open[partition as usize];
+        if slot.is_none() {
+            self.open_parts.push(partition);
+        }
+        let batch = slot.get_or_insert_with(|| OpenBatch::new(batch_bytes, now_ns));
         batch.push(key.map(|_| self.key_buf.as_slice()), value, intended_ns);
         (batch.size_bytes() >= batch_bytes).then_some(partition)
     }
@@ -175,9 +182,9 @@ impl Producer {
 
     async fn sleep_until_next(&self, next_intended: Option<u64>, end_ns: u64) {
         let linger_deadline = self
-            .open
+            .open_parts
             .iter()
-            .flatten()
+            .filter_map(|&p| self.open[p as usize].as_ref())
             .map(|b| b.opened_ns + self.linger_ns)
             .min();
         let wake = [next_intended, linger_deadline, Some(end_ns)]
@@ -196,7 +203,10 @@ impl Producer {
     /// Sends every batch whose linger time is over (with the other open batches of its leader).
     async fn send_lingered(&mut self) {
         let now = now_ns();
-        let due: Vec<i32> = (0..self.open.len() as i32)
+        let due: Vec<i32> = self
+            .open_parts
+            .iter()
+            .copied()
             .filter(|&p| {
                 self.open[p as usize]
                     .as_ref()
@@ -211,10 +221,8 @@ impl Producer {
     }
 
     async fn flush_all(&mut self) {
-        for p in 0..self.open.len() as i32 {
-            if self.open[p as usize].is_some() {
-                self.send_leader_of(p).await;
-            }
+        while let Some(&p) = self.open_parts.first() {
+            self.send_leader_of(p).await;
         }
     }
 
@@ -233,13 +241,19 @@ impl Producer {
             return;
         };
         let mut batches = Vec::new();
-        for p in 0..self.open.len() as i32 {
-            if cluster.leaders[p as usize] == cluster.leaders[partition as usize] {
-                if let Some(b) = self.open[p as usize].take() {
-                    batches.push((p, b));
-                }
+        let leader = cluster.leaders[partition as usize];
+        let open = &mut self.open;
+        self.open_parts.retain(|&p| {
+            if cluster.leaders[p as usize] != leader {
+                return true;
             }
-        }
+            if let Some(b) = open[p as usize].take() {
+                batches.push((p, b));
+            }
+            false
+        });
+        // Partition order, as the full scan gave.
+        batches.sort_unstable_by_key(|(p, _)| *p);
         let mut sent = Vec::with_capacity(batches.len());
         for (p, b) in batches {
             let records = b.records() as u64;
@@ -268,6 +282,7 @@ impl Producer {
 
     fn fail_open(&mut self, partition: i32, kind: ErrorKind) {
         if let Some(b) = self.open[partition as usize].take() {
+            self.open_parts.retain(|&p| p != partition);
             self.ctx.error(kind);
             self.ctx
                 .shared

@@ -97,6 +97,14 @@ struct State {
     hold_fsyncs: bool,
     /// fdatasyncs held open, in start order (finished ones stay, so indexes are stable).
     held: Vec<Rc<HeldFsync>>,
+    /// Handles dropped without `close` (on real files: descriptors a short-lived executor
+    /// may leak).
+    unclosed_drops: u64,
+    /// While set, writes wait (in flight) before landing; `gate_writes(false)` lets them go.
+    writes_gated: bool,
+    gate_wakers: Vec<std::task::Waker>,
+    /// (file, position, length) of every write started, in start order.
+    write_log: Vec<(PathBuf, u64, usize)>,
 }
 
 /// Shared handle on an in-memory filesystem; clones see the same files.
@@ -111,6 +119,15 @@ struct MemHandle {
     path: PathBuf,
     kind: FileKind,
     generation: u64,
+    closed: std::cell::Cell<bool>,
+}
+
+impl Drop for MemHandle {
+    fn drop(&mut self) {
+        if !self.closed.get() {
+            self.state.borrow_mut().unclosed_drops += 1;
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -197,6 +214,27 @@ impl MemStorage {
     }
 
     /// fdatasyncs completed so far (all files).
+    /// While `yes`, writes started from now on stay in flight until `gate_writes(false)`.
+    pub fn gate_writes(&self, yes: bool) {
+        let mut st = self.state.borrow_mut();
+        st.writes_gated = yes;
+        if !yes {
+            for w in st.gate_wakers.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// (file, position, length) of every write started so far, in start order.
+    pub fn write_log(&self) -> Vec<(PathBuf, u64, usize)> {
+        self.state.borrow().write_log.clone()
+    }
+
+    /// File handles dropped without being closed, so far.
+    pub fn unclosed_drops(&self) -> u64 {
+        self.state.borrow().unclosed_drops
+    }
+
     pub fn fsync_count(&self) -> u64 {
         self.state.borrow().fsyncs
     }
@@ -324,6 +362,7 @@ impl Storage for MemStorage {
                 path,
                 kind,
                 generation,
+                closed: std::cell::Cell::new(false),
             }) as Rc<dyn StorageFile>)
         })
     }
@@ -389,6 +428,9 @@ impl Storage for MemStorage {
 
 impl MemHandle {
     fn with_file<T>(&self, f: impl FnOnce(&mut State) -> io::Result<T>) -> io::Result<T> {
+        if self.closed.get() {
+            return Err(io::Error::other("file already closed"));
+        }
         let mut st = self.state.borrow_mut();
         if st.generation != self.generation {
             return Err(eio("handle opened before a crash"));
@@ -431,8 +473,22 @@ impl StorageFile for MemHandle {
     fn write_at(&self, buf: IoBuf, pos: u64) -> IoFuture<'_, Option<IoBuf>> {
         Box::pin(async move {
             self.check_aligned(pos, buf.len())?;
+            self.state
+                .borrow_mut()
+                .write_log
+                .push((self.path.clone(), pos, buf.len()));
             // Yield once so writes really are "in flight" together, as on io_uring.
             futures_lite::future::yield_now().await;
+            futures_lite::future::poll_fn(|cx| {
+                let mut st = self.state.borrow_mut();
+                if st.writes_gated {
+                    st.gate_wakers.push(cx.waker().clone());
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
             self.with_file(|st| {
                 if take_fault(&mut st.fail_write_in) {
                     return Err(eio("write"));
@@ -537,5 +593,10 @@ impl StorageFile for MemHandle {
 
     fn path(&self) -> PathBuf {
         self.path.clone()
+    }
+
+    fn close(&self) -> IoFuture<'_, ()> {
+        self.closed.set(true);
+        Box::pin(async { Ok(()) })
     }
 }

@@ -9,6 +9,11 @@
 //!   file completed after the write completed.
 //! - Metadata operations (create, rename, remove, preallocate) are durable once `sync_dir` /
 //!   `fdatasync` of the file completed.
+//! - `close` releases the file's descriptors before it resolves; operations issued after it
+//!   fail. Every file the engine opens is closed explicitly when the engine is done with it
+//!   (see [`close_after`]): glommio closes a dropped file only on the executor's next I/O
+//!   cycle, which never comes when the executor ends, so a dropped file could leak its
+//!   descriptor (kernel-notes/o-direct-and-page-cache.md, "Descriptors").
 
 mod glommio_impl;
 mod mem;
@@ -119,6 +124,17 @@ pub trait StorageFile {
     fn truncate(&self, len: u64) -> IoFuture<'_, ()>;
     fn size(&self) -> IoFuture<'_, u64>;
     fn path(&self) -> PathBuf;
+    /// Closes the file's descriptors (an operation still in flight keeps its descriptor until
+    /// it completes). Later operations fail; closing again is a no-op.
+    fn close(&self) -> IoFuture<'_, ()>;
+}
+
+/// Closes `file`, then returns `r`, or the close's error if `r` was a success: the way to end
+/// every use of a file the engine opened, whatever that use returned.
+pub async fn close_after<T>(file: &dyn StorageFile, r: io::Result<T>) -> io::Result<T> {
+    let closed = file.close().await;
+    let v = r?;
+    closed.map(|()| v)
 }
 
 /// Rounds `v` up to a multiple of [`BLOCK_BYTES`].

@@ -14,6 +14,9 @@
 //!   chunk after such cuts) is copied into an exactly-sized buffer, from the start of the block
 //!   holding `cut_mark`, so a block that was written while partly filled is rewritten whole.
 //!
+//! Copies of 32 KiB and more use streaming stores (`log::stream_copy`): a staged chunk is read
+//! by the device, and by the CPU only when a cut copies part of it out.
+//!
 //! Invariants: `chunk_pos` is block aligned; `chunk_pos <= cut_mark <= next_pos <= chunk end`;
 //! bytes before `cut_mark` have been handed to a write. Group commit must not issue a rewrite
 //! of a block while an earlier write of it is in flight (in-flight writes of one block may land
@@ -83,6 +86,11 @@ impl Appender {
             zero_copy_chunks: 0,
             reused_chunks: 0,
         }
+    }
+
+    /// Log position below which every byte has been handed to a write.
+    pub fn cut_mark(&self) -> u64 {
+        self.cut_mark
     }
 
     /// Log position of the next entry.
@@ -232,7 +240,7 @@ impl Appender {
         while !data.is_empty() {
             let off = (self.next_pos - self.chunk_pos) as usize;
             let n = (self.chunk.len() - off).min(data.len());
-            self.chunk.as_mut_slice()[off..off + n].copy_from_slice(&data[..n]);
+            super::stream_copy::copy(&mut self.chunk.as_mut_slice()[off..off + n], &data[..n]);
             self.next_pos += n as u64;
             data = &data[n..];
             if self.next_pos == self.chunk_pos + self.chunk.len() as u64 {
@@ -304,7 +312,7 @@ impl Appender {
         let src =
             &self.chunk.as_slice()[(from - self.chunk_pos) as usize..(c - self.chunk_pos) as usize];
         let out = buf.as_mut_slice();
-        out[..src.len()].copy_from_slice(src);
+        super::stream_copy::copy(&mut out[..src.len()], src);
         // Buffers are not zeroed when allocated: a reader of the block must see zeros after
         // the data, not leftovers of freed memory.
         out[src.len()..].fill(0);

@@ -58,6 +58,21 @@ pub(crate) struct PreparedSegment {
     io_done: Event,
 }
 
+impl PreparedSegment {
+    /// Stops the preparation and waits until none of its I/O is in flight: the file is the
+    /// caller's from then on (to append to, or to close).
+    pub async fn take(&self) {
+        self.taken.set(true);
+        loop {
+            let listen = self.io_done.listen();
+            if !self.io_inflight.get() {
+                return;
+            }
+            listen.await;
+        }
+    }
+}
+
 impl Inner {
     /// Ends the active segment and starts the next. Called with the append lock held.
     pub(crate) async fn roll(self: &Rc<Self>) -> Result<(), EngineError> {
@@ -71,18 +86,12 @@ impl Inner {
         let prepared = self.next_segment.borrow_mut().take();
         let prepared = match prepared {
             Some(p) => {
-                p.taken.set(true);
                 // No zeroing write may be in flight once the appender writes this file.
-                loop {
-                    let listen = p.io_done.listen();
-                    if !p.io_inflight.get() {
-                        break;
-                    }
-                    listen.await;
-                }
+                p.take().await;
                 if p.failed.get() || p.seg.start != start {
                     // A wrongly placed segment (cannot happen: a preparation is only kept for
                     // the segment after the active one) or a failed one never joins the log.
+                    p.seg.close_quietly().await;
                     let _ = self.io.remove(p.seg.path.clone()).await;
                     None
                 } else {
@@ -196,6 +205,7 @@ impl Inner {
             };
             let Some(inner) = current(&weak) else {
                 // The log rolled before we finished: this file will never be used.
+                seg.close_quietly().await;
                 let _ = io.remove(seg.path.clone()).await;
                 return;
             };
@@ -209,11 +219,16 @@ impl Inner {
             });
             *inner.next_segment.borrow_mut() = Some(p.clone());
             drop(inner);
-            zero_fill_when_idle(&*io, &p, |wait_ok| {
+            // Held weakly between I/Os: a shard dropped while this task waits (its executor
+            // may end then, never to run the task again) must drop, and close, the file.
+            let weak_p = Rc::downgrade(&p);
+            drop(p);
+            zero_fill_when_idle(&*io, &weak_p, |wait_ok| {
                 let inner = current(&weak)?;
                 Some(!wait_ok || inner.log_idle())
             })
             .await;
+            let Some(p) = weak_p.upgrade() else { return };
             if p.failed.get() && !p.taken.get() {
                 // Not a durability event either; the roll will create a plain segment.
                 if let Some(inner) = weak.upgrade() {
@@ -226,6 +241,7 @@ impl Inner {
                         inner.next_segment.borrow_mut().take();
                     }
                 }
+                p.seg.close_quietly().await;
                 let _ = io.remove(p.seg.path.clone()).await;
             }
         })
@@ -250,22 +266,26 @@ async fn create_prepared(
 /// Zero-fills `p` front to back, one write at a time, each only when `may_write(true)` says
 /// the disk is idle (`Some(false)`: wait, `None`: stop), then fdatasyncs it so that the
 /// appender's first fdatasync after the roll has no extent conversion to write. Stops when
-/// the roll takes the file. A failure marks `p` failed.
+/// the roll takes the file, or when `p` is gone. A failure marks `p` failed. Holds `p` only
+/// during its own I/Os.
 async fn zero_fill_when_idle(
     io: &dyn Storage,
-    p: &PreparedSegment,
+    weak_p: &Weak<PreparedSegment>,
     may_write: impl Fn(bool) -> Option<bool>,
 ) {
-    let size = p.seg.size;
+    let Some(size) = weak_p.upgrade().map(|p| p.seg.size) else {
+        return;
+    };
     let mut buf: Option<crate::io::IoBuf> = None;
     let mut pos = 0;
     while pos < size {
-        if p.taken.get() {
+        let Some(p) = weak_p.upgrade().filter(|p| !p.taken.get()) else {
             return;
-        }
+        };
         match may_write(true) {
             None => return,
             Some(false) => {
+                drop(p);
                 glommio::timer::sleep(std::time::Duration::from_millis(IDLE_POLL_MS)).await;
                 continue;
             }
@@ -295,6 +315,7 @@ async fn zero_fill_when_idle(
         }
         pos += n;
     }
+    let Some(p) = weak_p.upgrade() else { return };
     if p.taken.get() || may_write(false).is_none() {
         return;
     }

@@ -101,6 +101,10 @@ pub(crate) async fn recover(cfg: &ShardConfig, io: &dyn Storage) -> Result<Recov
     for s in &stale {
         if let Some(seg) = segments.map.remove(s) {
             tracing::warn!(segment = %seg.path.display(), "removing segment past the end of the log");
+            seg.file
+                .close()
+                .await
+                .map_err(|e| EngineError::io("close segment", &seg.path, e))?;
             io.remove(seg.path.clone())
                 .await
                 .map_err(|e| EngineError::io("remove segment", &seg.path, e))?;
@@ -175,7 +179,10 @@ pub(crate) async fn open_preallocated(
     size: u64,
 ) -> std::io::Result<Rc<Segment>> {
     let file = io.open(path.clone(), FileKind::Direct, true).await?;
-    file.preallocate(size).await?;
+    if let Err(e) = file.preallocate(size).await {
+        let _ = file.close().await;
+        return Err(e);
+    }
     Ok(Rc::new(Segment {
         start,
         size,
@@ -199,21 +206,11 @@ async fn load_checkpoint(io: &dyn Storage, dir: &Path) -> Result<Option<Checkpoi
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(EngineError::io("open checkpoint", &path, e)),
     };
-    let size = file
-        .size()
+    let bytes = read_checkpoint(&*file, &path).await;
+    file.close()
         .await
-        .map_err(|e| EngineError::io("stat checkpoint", &path, e))?;
-    if size > crate::format::checkpoint::MAX_CHECKPOINT_BYTES {
-        return Err(EngineError::Corrupt {
-            path,
-            offset: 0,
-            reason: "checkpoint larger than its limit",
-        });
-    }
-    let bytes = file
-        .read_at(0, size as usize)
-        .await
-        .map_err(|e| EngineError::io("read checkpoint", &path, e))?;
+        .map_err(|e| EngineError::io("close checkpoint", &path, e))?;
+    let bytes = bytes?;
     match Checkpoint::decode(&bytes) {
         Ok(c) => Ok(Some(c)),
         // Magic right, version not ours: a directory written by another format version (v1
@@ -229,6 +226,27 @@ async fn load_checkpoint(io: &dyn Storage, dir: &Path) -> Result<Option<Checkpoi
             reason: "checkpoint does not decode",
         }),
     }
+}
+
+/// The checkpoint file's bytes, bounded by its named limit.
+async fn read_checkpoint(
+    file: &dyn crate::io::StorageFile,
+    path: &Path,
+) -> Result<Vec<u8>, EngineError> {
+    let size = file
+        .size()
+        .await
+        .map_err(|e| EngineError::io("stat checkpoint", path, e))?;
+    if size > crate::format::checkpoint::MAX_CHECKPOINT_BYTES {
+        return Err(EngineError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: "checkpoint larger than its limit",
+        });
+    }
+    file.read_at(0, size as usize)
+        .await
+        .map_err(|e| EngineError::io("read checkpoint", path, e))
 }
 
 /// Removes index files whose segment is gone: retention removes a segment's `.log` (durably)
@@ -644,15 +662,22 @@ async fn load_segment_index(
         )
         .await
         .map_err(|_| "index file missing")?;
-    // A short file (torn, or its last write lost) is known without reading it.
-    let size = file.size().await.map_err(|_| "index file unreadable")?;
-    if size < bytes {
-        return Err("index file shorter than the checkpoint counts");
+    let data = async {
+        // A short file (torn, or its last write lost) is known without reading it.
+        let size = file.size().await.map_err(|_| "index file unreadable")?;
+        if size < bytes {
+            return Err("index file shorter than the checkpoint counts");
+        }
+        file.read_at(0, bytes as usize)
+            .await
+            .map_err(|_| "index file unreadable")
     }
-    let data = file
-        .read_at(0, bytes as usize)
-        .await
-        .map_err(|_| "index file unreadable")?;
+    .await;
+    // Not closing it is a leaked descriptor, not a reason to distrust the records.
+    if let Err(e) = file.close().await {
+        tracing::warn!(error = %e, "closing a segment index file failed");
+    }
+    let data = data?;
     decode_records(&data, st.records, st.crc, bounds)
         .map_err(|_| "index file does not match the checkpoint")
 }

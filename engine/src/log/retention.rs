@@ -66,6 +66,11 @@ impl Inner {
         };
         for seg in removed {
             tracing::info!(segment = %seg.path.display(), "retention deletes segment");
+            // A read still holding the segment keeps reading the unlinked file; its descriptors
+            // then close when the last holder drops it.
+            if Rc::strong_count(&seg) == 1 {
+                seg.close_quietly().await;
+            }
             self.io
                 .remove(seg.path.clone())
                 .await

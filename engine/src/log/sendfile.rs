@@ -75,6 +75,11 @@ impl SegmentFiles {
         self.map.borrow_mut().remove(&start);
     }
 
+    /// Drops every descriptor (the shard is closing; ranges already handed out keep theirs).
+    pub fn forget_all(&self) {
+        self.map.borrow_mut().clear();
+    }
+
     fn file(&self, seg: &Segment) -> Option<Arc<std::fs::File>> {
         if let Some(f) = self.map.borrow().get(&seg.start) {
             return Some(f.clone());
