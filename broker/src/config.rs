@@ -80,10 +80,10 @@ pub struct Cli {
     /// Storage: `engine` (the durable commit log) or `memory` (test double; nothing persists).
     #[arg(long, env = "RINGMQ_STORAGE")]
     pub storage: Option<StorageKind>,
-    /// How fetches read data no longer in the tail cache: `sendfile` (default: sealed log data
-    /// sent from the page cache with sendfile(2) by a blocking-thread pool; not CRC-checked by
-    /// the broker, consumers check each batch's CRC), `readahead` (1 MiB O_DIRECT chunks,
-    /// cached, CRC-checked and sliced) or `direct` (one O_DIRECT read per run of the
+    /// How fetches read data no longer in the tail cache: `readahead` (default: 1 MiB O_DIRECT
+    /// chunks, cached, CRC-checked and sliced), `sendfile` (sealed log data sent from the page
+    /// cache with sendfile(2) by a blocking-thread pool; not CRC-checked by the broker,
+    /// consumers check each batch's CRC) or `direct` (one O_DIRECT read per run of the
     /// partition's nearby batches). See kernel-notes/sendfile-and-splice.md and
     /// kernel-notes/o-direct-reads.md.
     #[arg(long, env = "RINGMQ_FETCH_BACKLOG_READ")]
@@ -103,9 +103,9 @@ pub struct Cli {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FetchBacklogRead {
+    #[default]
     Readahead,
     Direct,
-    #[default]
     Sendfile,
 }
 
@@ -396,7 +396,7 @@ mod tests {
     #[test]
     fn fetch_backlog_read_comes_from_flag_env_or_file() {
         let d = Config::resolve(Cli::try_parse_from(["ringmq"]).unwrap()).unwrap();
-        assert_eq!(d.fetch_backlog_read, FetchBacklogRead::Sendfile);
+        assert_eq!(d.fetch_backlog_read, FetchBacklogRead::Readahead);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ringmq.toml");
         std::fs::write(&path, "fetch_backlog_read = \"direct\"\n").unwrap();

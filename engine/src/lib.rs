@@ -89,7 +89,7 @@ pub struct ShardConfig {
     /// What the executor builder should pass to `LocalExecutorBuilder::io_memory`; defaults to
     /// [`recommended_io_memory_bytes`]. The shard cannot set it itself.
     pub io_memory_bytes: usize,
-    /// How batches no longer in the tail cache are read. Default [`BacklogRead::Sendfile`].
+    /// How batches no longer in the tail cache are read. Default [`BacklogRead::Readahead`].
     pub backlog_read: BacklogRead,
 }
 
@@ -102,7 +102,8 @@ pub struct ShardConfig {
 pub enum BacklogRead {
     /// O_DIRECT reads of the log in aligned 1 MiB chunks, kept in a small per-shard cache
     /// (48 MiB) with a bounded number of reads in flight, sliced into batches. Queues whose
-    /// batches lie near each other in the log share the chunks.
+    /// batches lie near each other in the log share the chunks. The default (see `Sendfile`).
+    #[default]
     Readahead,
     /// One O_DIRECT read per run of nearby entries of the requested queue, sized by the fetch
     /// (for interleaved queues that is about one read per batch). Kept to be measured against.
@@ -112,10 +113,9 @@ pub enum BacklogRead {
     /// buffered read-only descriptor of their segment, for the caller to `sendfile` through
     /// the page cache; nothing is read by the engine and **the entry CRC is not checked** on
     /// this path (as in Kafka: consumers check each batch's own CRC-32C). Batches nearer the
-    /// tail, and every batch [`Shard::read`] returns, are read as in `Readahead`. The
-    /// default: a catch-up read 1.4x faster than `Readahead` with ~17% less broker CPU per
-    /// GiB (BENCHMARKS.md, Issue 5, session 3).
-    #[default]
+    /// tail, and every batch [`Shard::read`] returns, are read as in `Readahead`. Not the
+    /// default: two quiet catch-up runs disagreed (6.9 GB backlog: 1.4x `Readahead`'s MB/s;
+    /// 10 GiB backlog: 0.73x, and same-core appends delayed more), BENCHMARKS.md, Issue 5.
     Sendfile,
 }
 
