@@ -47,19 +47,11 @@ trap cleanup EXIT
 
 # start NAME BIN [BROKER ARGS...]: starts a broker and creates the topic; sets PORT.
 start() {
-    local log="$OUT_DIR/broker-$1.log" port="" name=$1 bin=$2
+    local name=$1 bin=$2
     shift 2
-    taskset -c "$BROKER_CPU" "$bin" --cores 1 --listen 127.0.0.1:0 --data-dir "$OUT_DIR/data-$name" \
-        "$@" >"$log" 2>&1 &
-    PIDS+=($!)
-    port=$(broker_port "$log" "${PIDS[-1]}" 30)
-    [[ -n "$port" ]] || {
-        cat "$log" >&2
-        exit 2
-    }
-    "$LOADGEN" --bootstrap "127.0.0.1:$port" --create-topic --topic ab --partitions "$PARTITIONS" \
-        --producers 0 --consumers 0 --quiet >/dev/null
-    PORT=$port
+    RINGMQ_BIN=$bin start_broker "$name" "$OUT_DIR/data-$name" "$@"
+    PIDS+=("$BROKER_PID")
+    create_topic ab "$PARTITIONS"
 }
 
 # load V I [LOADGEN ARGS...]: one loadgen run (in the background) against side V's broker.

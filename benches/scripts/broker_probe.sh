@@ -38,16 +38,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-taskset -c "$BROKER_CPU" "$BIN_UNDER_TEST" --cores 1 --listen 127.0.0.1:0 \
-    --data-dir "$OUT_DIR/data" "$@" >"$OUT_DIR/broker.log" 2>&1 &
-BROKER_PID=$!
-PORT=$(broker_port "$OUT_DIR/broker.log" "$BROKER_PID" 30)
-[[ -n "$PORT" ]] || {
-    cat "$OUT_DIR/broker.log" >&2
-    exit 2
-}
-"$LOADGEN" --bootstrap "127.0.0.1:$PORT" --create-topic --topic probe --partitions "$PARTITIONS" \
-    --producers 0 --consumers 0 --quiet >/dev/null
+RINGMQ_BIN=$BIN_UNDER_TEST start_broker probe "$OUT_DIR/data" "$@"
+create_topic probe "$PARTITIONS"
 executor=""
 for t in /proc/"$BROKER_PID"/task/*; do
     if [[ "$(cat "$t/comm")" == ringmq-core-0* ]]; then

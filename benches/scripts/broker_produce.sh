@@ -102,12 +102,6 @@ print(f"fdatasync 4 KiB x200: p50 {q(.5):.0f} us, p99 {q(.99):.0f} us, max {lat[
 PY
 }
 
-# create_topic NAME PARTITIONS: CreateTopics through loadgen (no records sent).
-create_topic() {
-    timeout "$RUN_TIMEOUT" "$BIN/ringmq-loadgen" --bootstrap "127.0.0.1:$PORT" --create-topic \
-        --topic "$1" --partitions "$2" --producers 0 --consumers 0 --quiet \
-        >"$OUT_DIR/create-$1-$2.txt" 2>&1
-}
 # lg NAME ARGS...: one loadgen run against the current broker, producers only, pinned.
 # Writes NAME.json, NAME.txt and NAME.meta (load average, broker CPU and run-queue wait).
 lg() {

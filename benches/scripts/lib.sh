@@ -32,13 +32,14 @@ broker_port() {
 }
 
 # start_broker NAME DATA_DIR [RINGMQ ARGS...]: one shard pinned to $BROKER_CPU on DATA_DIR (kept
-# if it exists); sets BROKER_PID and PORT. Up to 60 s to start (recovery of a large log).
+# if it exists); sets BROKER_PID and PORT. Up to 60 s to start (recovery of a large log). The
+# binary is $RINGMQ_BIN if set (A/B comparisons), else $BIN/ringmq.
 BROKER_PID=""
 PORT=""
 start_broker() {
     local name=$1 dir=$2 logf="$OUT_DIR/broker-$1.log"
     shift 2
-    taskset -c "$BROKER_CPU" "$BIN/ringmq" --cores 1 --listen 127.0.0.1:0 --data-dir "$dir" \
+    taskset -c "$BROKER_CPU" "${RINGMQ_BIN:-$BIN/ringmq}" --cores 1 --listen 127.0.0.1:0 --data-dir "$dir" \
         "$@" >"$logf" 2>&1 &
     BROKER_PID=$!
     PORT=$(broker_port "$logf" "$BROKER_PID" 60)
@@ -48,6 +49,13 @@ start_broker() {
         exit 2
     fi
     log "broker $name $* pid $BROKER_PID on port $PORT"
+}
+# create_topic NAME PARTITIONS: CreateTopics on the broker at $PORT through loadgen ($LOADGEN if
+# set, else $BIN/ringmq-loadgen; no records sent); its output goes to OUT_DIR.
+create_topic() {
+    timeout "${RUN_TIMEOUT:-120}" "${LOADGEN:-$BIN/ringmq-loadgen}" --bootstrap "127.0.0.1:$PORT" \
+        --create-topic --topic "$1" --partitions "$2" --producers 0 --consumers 0 --quiet \
+        >"$OUT_DIR/create-$1-$2.txt" 2>&1
 }
 stop_broker() {
     kill "$BROKER_PID" 2>/dev/null || true

@@ -346,7 +346,6 @@ fn chunk_len(seg: &Segment, pos: u64) -> usize {
 mod tests {
     use super::*;
     use crate::io::{FileKind, MemStorage, BLOCK_BYTES};
-    use std::cell::Cell;
 
     fn seg(io: &MemStorage, start: u64, size: u64) -> Rc<Segment> {
         let file = futures_lite::future::block_on(io.open(
@@ -355,13 +354,7 @@ mod tests {
             true,
         ))
         .unwrap();
-        Rc::new(Segment {
-            start,
-            size,
-            file,
-            path: format!("/s/{start}").into(),
-            modified_ms: Cell::new(0),
-        })
+        Segment::new(start, size, file, format!("/s/{start}").into(), 0)
     }
 
     fn header(len: u32) -> [u8; HEADER_LEN] {

@@ -47,6 +47,22 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    pub fn new(
+        start: u64,
+        size: u64,
+        file: Rc<dyn StorageFile>,
+        path: PathBuf,
+        modified_ms: i64,
+    ) -> Rc<Segment> {
+        Rc::new(Segment {
+            start,
+            size,
+            file,
+            path,
+            modified_ms: Cell::new(modified_ms),
+        })
+    }
+
     pub fn end(&self) -> u64 {
         self.start + self.size
     }
@@ -114,16 +130,8 @@ pub(crate) fn test_segment_set(segments: &[(u64, u64, i64)]) -> SegmentSet {
         let path = PathBuf::from(format!("/test/{start}"));
         let file = futures_lite::future::block_on(io.open(path.clone(), FileKind::Direct, true))
             .expect("MemStorage opens any path");
-        set.map.insert(
-            start,
-            Rc::new(Segment {
-                start,
-                size,
-                file,
-                path,
-                modified_ms: Cell::new(modified),
-            }),
-        );
+        set.map
+            .insert(start, Segment::new(start, size, file, path, modified));
     }
     set
 }

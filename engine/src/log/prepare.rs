@@ -114,13 +114,7 @@ impl Inner {
                         .rename(p.seg.path.clone(), path.clone())
                         .await
                         .map_err(|e| EngineError::io("rename prepared segment", &p.seg.path, e))?;
-                    Rc::new(crate::log::Segment {
-                        start,
-                        size: p.seg.size,
-                        file: p.seg.file.clone(),
-                        path,
-                        modified_ms: Cell::new(now_ms()),
-                    })
+                    Segment::new(start, p.seg.size, p.seg.file.clone(), path, now_ms())
                 }
                 None => create_segment(&*self.io, &dir, start, self.cfg.segment_size_bytes).await?,
             };

@@ -39,7 +39,6 @@ use crate::io::{align_down, align_up, FileKind, Storage};
 use crate::producers::ProducerTable;
 use crate::{EngineError, QueueId, ShardConfig};
 use ringmq_wire::record_batch::BatchHeader;
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
@@ -183,13 +182,7 @@ pub(crate) async fn open_preallocated(
         let _ = file.close().await;
         return Err(e);
     }
-    Ok(Rc::new(Segment {
-        start,
-        size,
-        file,
-        path,
-        modified_ms: Cell::new(now_ms()),
-    }))
+    Ok(Segment::new(start, size, file, path, now_ms()))
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -315,16 +308,8 @@ async fn open_segments(
             .modified_ms(path.clone())
             .await
             .unwrap_or_else(|_| now_ms());
-        set.map.insert(
-            start,
-            Rc::new(Segment {
-                start,
-                size,
-                file,
-                path,
-                modified_ms: Cell::new(modified),
-            }),
-        );
+        set.map
+            .insert(start, Segment::new(start, size, file, path, modified));
     }
     Ok(set)
 }
