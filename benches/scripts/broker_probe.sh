@@ -10,12 +10,15 @@
 #   e.g. benches/scripts/broker_probe.sh target/release/ringmq 20000 all 16 --iowq-cpus others
 # Knobs (environment): DURATION (6s), LINGER_MS (0), BROKER_CPU (0), LOADGEN_CPU (1),
 # LOADGEN (target/release/ringmq-loadgen), OUT_DIR (a fresh /tmp dir; the broker's data
-# directory in it is deleted at the end).
+# directory in it is deleted at the end), ZERO_FIRST_SEGMENT (0; 1: after creating the topic,
+# stop the broker, overwrite its first segment from 64 MiB on with zeros (dd, O_DIRECT) and
+# restart it on the same data, so that appends land in written extents as they do on a segment
+# the engine zero-filled ahead of time; the log must still be below 64 MiB then).
 # Needs: jq, taskset, perf (root).
 set -euo pipefail
 
 [[ $# -ge 4 ]] || {
-    sed -n '2,14p' "$0"
+    sed -n '2,17p' "$0"
     exit 2
 }
 BIN_UNDER_TEST=$1 RATE=$2 ACKS=$3 PARTITIONS=$4
@@ -40,6 +43,14 @@ trap cleanup EXIT
 
 RINGMQ_BIN=$BIN_UNDER_TEST start_broker probe "$OUT_DIR/data" "$@"
 create_topic probe "$PARTITIONS"
+if [[ "${ZERO_FIRST_SEGMENT:-0}" == 1 ]]; then
+    stop_broker
+    for seg in "$OUT_DIR"/data/shard-*/00000000000000000000.log; do
+        dd if=/dev/zero of="$seg" bs=1M seek=64 count=$(($(command stat -c %s "$seg") / 1048576 - 64)) \
+            conv=notrunc oflag=direct status=none
+    done
+    RINGMQ_BIN=$BIN_UNDER_TEST start_broker probe "$OUT_DIR/data" "$@"
+fi
 executor=""
 for t in /proc/"$BROKER_PID"/task/*; do
     if [[ "$(cat "$t/comm")" == ringmq-core-0* ]]; then
@@ -77,4 +88,5 @@ parks=$(grep membarrier "$OUT_DIR/perf.txt" | cut -d, -f1)
 echo "$(jq -r '.results.produce | "\(.records_per_s | floor) rec/s p50 \(.latency.p50_us) p99 \(.latency.p99_us) p99.9 \(.latency.p999_us) us"' "$OUT_DIR/loadgen.json") |" \
     "over ${ms} ms: executor cpu $(((r1 - r0) / 1000000)) ms, run-queue wait $(((w1 - w0) / 1000000)) ms," \
     "involuntary switches $((n1 - n0)); broker cpu $(((c1 - c0) * tick_ms)) ms; loadgen cpu $(((g1 - g0) * tick_ms)) ms;" \
-    "io_uring_enter/s $((enters * 1000 / ms)), parks/s $((parks * 1000 / ms)) | load1 $L0 | $*"
+    "io_uring_enter/s $((enters * 1000 / ms)), parks/s $((parks * 1000 / ms)) |" \
+    "$(seconds_summary "$OUT_DIR/loadgen.json") | load1 $L0 | $*"

@@ -219,6 +219,13 @@ lrow "16p acks=all at half max" "$HALFALL" lat16_acksall
 lrow "16p acks=1 at half max" "$HALF1" lat16_acks1
 lrow "16p acks=1, --storage memory" "$HALF1" memlat16_acks1
 say ""
+say "second by second (loadgen JSON intervals; one line per run):"
+for n in lat16_acksall lat16_acks1 memlat16_acks1; do
+    for i in $(seq 1 "$REPS"); do
+        say "  ${n}_$i: $(seconds_summary "$OUT_DIR/${n}_$i.json")"
+    done
+done
+say ""
 say "broker CPU per acknowledged record (whole run, us/record; median [min..max]):"
 cpurec() { for i in $(seq 1 "$REPS"); do
     c=$(sed -E 's/.*broker_cpu_ms=([0-9-]+).*/\1/' "$OUT_DIR/${1}_$i.meta")

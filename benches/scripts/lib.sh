@@ -123,3 +123,18 @@ median() { stat "$1" "$2" | cut -d' ' -f1; }
 # loads PREFIX: the load average recorded in each run's .meta file.
 loads() { for i in $(seq 1 "$REPS"); do grep -o 'load1=[0-9.]*' "$OUT_DIR/${1}_$i.meta" | cut -d= -f2; done | tr '\n' ' '; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+
+# seconds_summary JSON [produce|e2e]: over the measured seconds of one loadgen report (warm-up
+# skipped), "median per-second p99 <us> | seconds with max > 10 ms: <n>/<total>". A run's p99
+# made by one stall of tens of milliseconds reads differently from one every second shares.
+seconds_summary() {
+    local kind=${2:-produce}
+    jq -r --arg k "$kind" '
+        (.config.warmup_s // 0) as $w
+        | [.intervals[]? | select(.start_s + 0.5 >= $w and .length_s >= 0.5 and .[$k] != null) | .[$k]]
+        | if length == 0 then "no intervals" else
+            ([.[].p99_us] | sort | .[(length - 1) / 2 | floor]) as $med
+            | ([.[] | select(.max_us > 10000)] | length) as $stalls
+            | "median per-second p99 \($med) us | seconds with max > 10 ms: \($stalls)/\(length)"
+          end' "$1" 2>/dev/null || echo "n/a"
+}

@@ -110,7 +110,14 @@ fn write_outputs(
 ) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let started = first.started_unix.as_secs();
-        let report = |r: &RunOutput| Report::new(args.to_json(cores), r.results.clone(), started);
+        let report = |r: &RunOutput| {
+            Report::new(
+                args.to_json(cores),
+                r.results.clone(),
+                &r.intervals,
+                started,
+            )
+        };
         let doc = match second {
             None => serde_json::to_value(report(first))?,
             Some(s) => serde_json::json!({

@@ -148,10 +148,18 @@ pub struct Report {
     pub machine: Machine,
     pub config: Value,
     pub results: Results,
+    /// Latency second by second (warm-up included): a p99 made by one stall of tens of
+    /// milliseconds reads differently from one made by every second.
+    pub intervals: Vec<IntervalSummary>,
 }
 
 impl Report {
-    pub fn new(config: Value, results: Results, started_at_unix_s: u64) -> Report {
+    pub fn new(
+        config: Value,
+        results: Results,
+        intervals: &[Interval],
+        started_at_unix_s: u64,
+    ) -> Report {
         Report {
             tool: "ringmq-loadgen",
             version: env!("CARGO_PKG_VERSION"),
@@ -159,6 +167,31 @@ impl Report {
             machine: Machine::detect(),
             config,
             results,
+            intervals: intervals.iter().map(IntervalSummary::of).collect(),
+        }
+    }
+}
+
+/// One interval of the run in the JSON report; the HDR interval log (`--hdr-log`) keeps the
+/// whole histograms.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntervalSummary {
+    /// Start of the interval since the run's start, in seconds.
+    pub start_s: f64,
+    pub length_s: f64,
+    /// `None` where the interval recorded no sample of that kind.
+    pub produce: Option<Percentiles>,
+    pub e2e: Option<Percentiles>,
+}
+
+impl IntervalSummary {
+    fn of(iv: &Interval) -> IntervalSummary {
+        let summary = |h: &Hist| (!h.is_empty()).then(|| Percentiles::of(h));
+        IntervalSummary {
+            start_s: iv.start.as_secs_f64(),
+            length_s: iv.length.as_secs_f64(),
+            produce: summary(&iv.hists.produce),
+            e2e: summary(&iv.hists.e2e),
         }
     }
 }
@@ -427,8 +460,30 @@ mod tests {
 
     #[test]
     fn json_report_has_config_version_machine_and_results() {
-        let r = Report::new(serde_json::json!({"acks": 1}), results(), 1_700_000_000);
+        let mut second = Hists::default();
+        for us in [100, 200, 40_000] {
+            second.produce.record_ns(us * 1000);
+        }
+        let ivs = [Interval {
+            start: Duration::from_secs(3),
+            length: Duration::from_secs(1),
+            hists: second,
+        }];
+        let r = Report::new(
+            serde_json::json!({"acks": 1}),
+            results(),
+            &ivs,
+            1_700_000_000,
+        );
         let v: Value = serde_json::to_value(&r).unwrap();
+        let iv = &v["intervals"][0];
+        assert_eq!(iv["start_s"], 3.0);
+        assert_eq!(iv["produce"]["samples"], 3);
+        assert!(iv["produce"]["max_us"].as_u64().unwrap() >= 39_000, "{iv}");
+        assert!(
+            iv["e2e"].is_null(),
+            "an empty histogram is reported as null: {iv}"
+        );
         assert_eq!(v["tool"], "ringmq-loadgen");
         assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(v["config"]["acks"], 1);
