@@ -26,6 +26,9 @@
 # PARTITIONS (16), WARMUP (2s), DURATION (5s, max-rate runs), LAT_DURATION (10s, tail runs),
 # CATCHUP_FETCH_BYTES (16777216: one fetch asks for 1 MiB of each of 16 partitions),
 # SIDE_RATE (10000 rec/s) and SIDE_DURATION (3s) for phase c,
+# SEND_MODES ("copy"; e.g. "copy zc": phases a and b alternate the broker's --fetch-send modes
+# run by run, restarting the broker for each; figures of a mode other than copy are named
+# "<mode>+<send>"),
 # BROKER_CPU (0), LOADGEN_CPU (1), OUT_DIR (a fresh /tmp dir), DATA_ROOT (OUT_DIR; the
 # backlog lives there), SKIP_TAIL (0), SKIP_CATCHUP (0), BUILD_TIMEOUT (1500 s).
 # Needs: jq, taskset, root (to drop the page cache; without it the drop is skipped and said).
@@ -34,6 +37,9 @@ set -euo pipefail
 
 BACKLOG_BYTES=${BACKLOG_BYTES:-$((10 << 30))}
 MODES=${MODES:-"direct readahead sendfile"}
+SEND_MODES=${SEND_MODES:-copy}
+# Run-name suffix of a --fetch-send mode: none for copy (the names of earlier runs).
+send_sfx() { [[ $1 == copy ]] && echo "" || echo "+$1"; }
 REPS=${REPS:-3}
 PARTITIONS=${PARTITIONS:-16}
 WARMUP=${WARMUP:-2s}
@@ -109,11 +115,18 @@ if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
     MAXREC=$(median max "$P.records_per_s")
     HALF=$(awk -v m="$MAXREC" 'BEGIN {printf "%d", m / 2}')
     for i in $(seq 1 "$REPS"); do
-        for c in 1 8; do
-            loadgen_run tail${c}_$i "$RUN_TIMEOUT" --topic tail --producers 1 --consumers "$c" \
-                --rate "$HALF" --acks 1 --linger-ms 0 --fetch-max-wait-ms 500 \
-                --warmup "$WARMUP" --duration "$LAT_DURATION"
-            log "tail $c consumers $i: e2e p99 $(jq -r "$E.latency.p99_us" "$OUT_DIR/tail${c}_$i.json" 2>/dev/null) us"
+        for send in $SEND_MODES; do
+            if [[ "$SEND_MODES" != copy ]]; then
+                stop_broker
+                start_broker "tail-$send-$i" "$DATA_ROOT/data-tail" --fetch-backlog-read "$FIRST_MODE" --fetch-send "$send"
+            fi
+            for c in 1 8; do
+                t="tail$c$(send_sfx "$send")"
+                loadgen_run "${t}_$i" "$RUN_TIMEOUT" --topic tail --producers 1 --consumers "$c" \
+                    --rate "$HALF" --acks 1 --linger-ms 0 --fetch-max-wait-ms 500 \
+                    --warmup "$WARMUP" --duration "$LAT_DURATION"
+                log "$t $i: e2e p99 $(jq -r "$E.latency.p99_us" "$OUT_DIR/${t}_$i.json" 2>/dev/null) us ($(cat "$OUT_DIR/${t}_$i.meta"))"
+            done
         done
     done
     stop_broker
@@ -151,13 +164,16 @@ if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
     say "backlog: $filled bytes of record values in $PARTITIONS partitions; on disk $(du -sh "$DATA" | cut -f1)"
     for i in $(seq 1 "$REPS"); do
         for mode in $MODES; do
-            dropped=$(drop_caches)
-            start_broker "catchup-$mode-$i" "$DATA" --fetch-backlog-read "$mode"
-            loadgen_run catchup_${mode}_$i "$((CATCHUP_LIMIT_S + 60))" --topic backlog --producers 0 \
-                --consumers 1 --from earliest --until-end --warmup 0s \
-                --duration "${CATCHUP_LIMIT_S}s" --fetch-max-bytes "$CATCHUP_FETCH_BYTES"
-            stop_broker
-            log "catch-up $mode $i (page cache $dropped): $(jq -r '.results.consume.mb_per_s' "$OUT_DIR/catchup_${mode}_$i.json" 2>/dev/null) MB/s ($(cat "$OUT_DIR/catchup_${mode}_$i.meta"))"
+            for send in $SEND_MODES; do
+                m="$mode$(send_sfx "$send")"
+                dropped=$(drop_caches)
+                start_broker "catchup-$m-$i" "$DATA" --fetch-backlog-read "$mode" --fetch-send "$send"
+                loadgen_run "catchup_${m}_$i" "$((CATCHUP_LIMIT_S + 60))" --topic backlog --producers 0 \
+                    --consumers 1 --from earliest --until-end --warmup 0s \
+                    --duration "${CATCHUP_LIMIT_S}s" --fetch-max-bytes "$CATCHUP_FETCH_BYTES"
+                stop_broker
+                log "catch-up $m $i (page cache $dropped): $(jq -r '.results.consume.mb_per_s' "$OUT_DIR/catchup_${m}_$i.json" 2>/dev/null) MB/s ($(cat "$OUT_DIR/catchup_${m}_$i.meta"))"
+            done
         done
     done
     # ---- c. appends on the same core while a catch-up read runs ------------------------------
@@ -200,8 +216,11 @@ say "raw loopback TCP: $(stat raw '.raw.mb_per_s') MB/s (load1 $(loads raw))"
 if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
     say "max produce, acks=1, $PARTITIONS partitions: $(stat max "$P.mb_per_s") MB/s, $(stat max "$P.records_per_s") rec/s (load1 $(loads max))"
     say "tail reads at half the max rate ($HALF rec/s), acks=1, end-to-end latency (us):"
-    for c in 1 8; do
-        say "  $c consumer(s): p50 $(stat tail$c "$E.latency.p50_us")  p99 $(stat tail$c "$E.latency.p99_us")  p99.9 $(stat tail$c "$E.latency.p999_us")  consumed $(stat tail$c "$E.mb_per_s") MB/s (load1 $(loads tail$c))"
+    for send in $SEND_MODES; do
+        for c in 1 8; do
+            t="tail$c$(send_sfx "$send")"
+            say "  $c consumer(s) $send: p50 $(stat "$t" "$E.latency.p50_us")  p99 $(stat "$t" "$E.latency.p99_us")  p99.9 $(stat "$t" "$E.latency.p999_us")  consumed $(stat "$t" "$E.mb_per_s") MB/s (load1 $(loads "$t"))"
+        done
     done
     P99=$(median tail1 "$E.latency.p99_us")
     P99_8=$(median tail8 "$E.latency.p99_us")
@@ -209,7 +228,7 @@ if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
 fi
 if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
     say "catch-up read of the backlog after dropping the page cache (1 consumer, from earliest):"
-    for mode in $MODES; do
+    for mode in $(for m in $MODES; do for s in $SEND_MODES; do echo "$m$(send_sfx "$s")"; done; done); do
         cpu_per_gib=$(for i in $(seq 1 "$REPS"); do
             c=$(sed -E 's/.*broker_cpu_ms=([0-9-]+).*/\1/' "$OUT_DIR/catchup_${mode}_$i.meta")
             b=$(jq -r '.results.consume.bytes // 0' "$OUT_DIR/catchup_${mode}_$i.json" 2>/dev/null || echo 0)

@@ -88,6 +88,12 @@ pub struct Cli {
     /// kernel-notes/o-direct-reads.md.
     #[arg(long, env = "RINGMQ_FETCH_BACKLOG_READ")]
     pub fetch_backlog_read: Option<FetchBacklogRead>,
+    /// How fetch responses leave: `copy` (default: socket writes, sendfile for file ranges)
+    /// or `zc` (io_uring SEND_ZC from a blocking-pool thread for file-range responses and
+    /// responses of at least 64 KiB; kernel-notes/send-zc.md: on loopback the kernel copies
+    /// anyway).
+    #[arg(long, env = "RINGMQ_FETCH_SEND")]
+    pub fetch_send: Option<FetchSend>,
     /// Where each core's io_uring worker threads (io-wq: every fdatasync, writes that would
     /// block) may run: `inherit` (default: the kernel starts them on the core's own CPU),
     /// `others` (every online CPU but the core's), or a CPU list such as `2,3` (a housekeeping
@@ -117,6 +123,15 @@ impl From<FetchBacklogRead> for ringmq_engine::BacklogRead {
             FetchBacklogRead::Sendfile => ringmq_engine::BacklogRead::Sendfile,
         }
     }
+}
+
+/// How fetch responses are sent (`send_zc` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchSend {
+    #[default]
+    Copy,
+    Zc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
@@ -149,6 +164,7 @@ struct FileConfig {
     group_max_session_timeout_ms: Option<i32>,
     storage: Option<StorageKind>,
     fetch_backlog_read: Option<FetchBacklogRead>,
+    fetch_send: Option<FetchSend>,
     iowq_cpus: Option<crate::iowq::IowqCpus>,
     iowq_max_workers: Option<u32>,
 }
@@ -175,6 +191,7 @@ pub struct Config {
     pub group_max_session_timeout_ms: i32,
     pub storage: StorageKind,
     pub fetch_backlog_read: FetchBacklogRead,
+    pub fetch_send: FetchSend,
     pub iowq_cpus: crate::iowq::IowqCpus,
     pub iowq_max_workers: u32,
 }
@@ -222,6 +239,7 @@ impl Default for Config {
             group_max_session_timeout_ms: 1_800_000,
             storage: StorageKind::Engine,
             fetch_backlog_read: FetchBacklogRead::default(),
+            fetch_send: FetchSend::default(),
             iowq_cpus: crate::iowq::IowqCpus::default(),
             iowq_max_workers: 0,
         }
@@ -302,6 +320,7 @@ impl Config {
                 .fetch_backlog_read
                 .or(file.fetch_backlog_read)
                 .unwrap_or(d.fetch_backlog_read),
+            fetch_send: cli.fetch_send.or(file.fetch_send).unwrap_or(d.fetch_send),
             iowq_cpus: cli.iowq_cpus.or(file.iowq_cpus).unwrap_or(d.iowq_cpus),
             iowq_max_workers: cli
                 .iowq_max_workers
@@ -391,6 +410,27 @@ mod tests {
         assert_eq!(Config::resolve(cli).unwrap().flush_interval_ms, None);
         let cli = Cli::try_parse_from(["ringmq", "--flush-interval-ms", "20"]).unwrap();
         assert_eq!(Config::resolve(cli).unwrap().flush_interval_ms, Some(20));
+    }
+
+    #[test]
+    fn fetch_send_is_copy_by_default_and_comes_from_flag_or_file() {
+        let d = Config::resolve(Cli::try_parse_from(["ringmq"]).unwrap()).unwrap();
+        assert_eq!(d.fetch_send, FetchSend::Copy);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "fetch_send = \"zc\"\n").unwrap();
+        let cli = Cli::try_parse_from(["ringmq", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(Config::resolve(cli).unwrap().fetch_send, FetchSend::Zc);
+        let cli = Cli::try_parse_from([
+            "ringmq",
+            "--config",
+            path.to_str().unwrap(),
+            "--fetch-send",
+            "copy",
+        ])
+        .unwrap();
+        assert_eq!(Config::resolve(cli).unwrap().fetch_send, FetchSend::Copy);
+        assert!(Cli::try_parse_from(["ringmq", "--fetch-send", "splice"]).is_err());
     }
 
     #[test]

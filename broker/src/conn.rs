@@ -5,8 +5,8 @@
 //!          ─ decode ─ spawn handler task ─► [bounded queue: max in-flight requests]
 //!  writer: take the oldest pending handler, await it, write its response chunks, release its
 //!          budget                                   (responses leave in request order)
-//!          a response holding file ranges: flush, then `sendfile::send_parts` on the blocking
-//!          pool, awaited before the next response
+//!          a response holding file ranges (or, with `--fetch-send zc`, a large one): flush,
+//!          then `sendfile::send_parts` on the blocking pool, awaited before the next response
 //! ```
 //!
 //! Memory per connection is bounded by the in-flight byte budget (request frames held until
@@ -16,6 +16,7 @@
 //! Bad input ends the connection with a log line saying why; it never panics.
 
 use crate::api::{handle, unsupported_api_versions, ApiError, ConnInfo};
+use crate::config::FetchSend;
 use crate::core::Core;
 use crate::decode::{decode_request, DecodeError};
 use bytes::Bytes;
@@ -60,6 +61,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, conn: ConnInfo) {
         rx,
         BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr),
         sock,
+        core.config.fetch_send,
         conn.clone(),
     ));
     let why = read_loop(
@@ -209,6 +211,7 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
     rx: local_channel::LocalReceiver<Pending>,
     mut wr: BufWriter<W>,
     sock: RawFd,
+    send: FetchSend,
     conn: ConnInfo,
 ) {
     loop {
@@ -250,7 +253,7 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
                 }
             }
         };
-        if let Err(e) = write_response(&mut wr, sock, chunks).await {
+        if let Err(e) = write_response(&mut wr, sock, send, chunks).await {
             tracing::debug!(conn = conn.id, "write failed: {e}");
             return;
         }
@@ -259,16 +262,18 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
     let _ = wr.close().await;
 }
 
-/// Writes one response: through the buffer, or, when it holds file ranges, after a flush from
-/// the blocking pool (`sendfile` module), which this awaits so responses stay in order.
+/// Writes one response: through the buffer, or, when it holds file ranges (or zero-copy
+/// sending wants it: `send_zc::hand_to_pool`), after a flush from the blocking pool
+/// (`sendfile` module), which this awaits so responses stay in order.
 async fn write_response<W: futures_lite::AsyncWrite + Unpin>(
     wr: &mut BufWriter<W>,
     sock: RawFd,
+    send: FetchSend,
     chunks: Chunks,
 ) -> std::io::Result<()> {
-    if chunks.has_file_parts() {
+    if crate::send_zc::hand_to_pool(&chunks, send) {
         wr.flush().await?;
-        return crate::sendfile::send_parts(sock, chunks.parts).await;
+        return crate::sendfile::send_parts(sock, chunks.parts, send).await;
     }
     for part in &chunks.parts {
         match part {

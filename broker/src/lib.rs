@@ -9,6 +9,7 @@
 //!  core     one core's state; mesh: cross-core calls        metadata: topics, the one writer
 //!  store    the engine shard (or an in-memory double)       config: flags, env, TOML
 //!  sendfile responses holding file ranges, sent from the blocking-thread pool
+//!  send_zc  the same pool's io_uring SEND_ZC sender (`--fetch-send zc`)
 //! ```
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod mesh;
 pub mod metadata;
 pub mod offsets;
 pub mod produce;
+pub mod send_zc;
 pub mod sendfile;
 pub mod server;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Writing a response that holds file ranges (`--fetch-backlog-read sendfile`): the bytes
 //! parts with `sendmsg`, the file ranges with `sendfile(2)` from the page cache, in order, on
-//! the executor's blocking-thread pool.
+//! the executor's blocking-thread pool. With `--fetch-send zc` the pool thread sends with
+//! io_uring SEND_ZC instead (`send_zc` module; it also takes large in-memory responses).
 //!
 //! ```text
 //!  write loop (executor)            blocking pool thread (pinned to the same cpu)
@@ -30,6 +31,7 @@
 //!   of the range it sends (so the log's writes never queue behind a deep pile of reads), and
 //!   never advises past the engine's tail margin.
 
+use crate::config::FetchSend;
 use glommio::sync::Semaphore;
 use glommio::{CpuSet, PoolPlacement};
 use ringmq_engine::{FileRange, Part};
@@ -74,10 +76,11 @@ pub fn blocking_pool_placement(cpu: usize) -> PoolPlacement {
     }
 }
 
-/// Sends `parts` in order on socket `sock` from a blocking-pool thread and waits for it. The
-/// caller must have written (flushed) everything that goes before, and must write nothing
-/// else on the socket until this returns.
-pub async fn send_parts(sock: RawFd, parts: Vec<Part>) -> io::Result<()> {
+/// Sends `parts` in order on socket `sock` from a blocking-pool thread and waits for it, with
+/// sendmsg/sendfile (`FetchSend::Copy`) or SEND_ZC (`FetchSend::Zc`). The caller must have
+/// written (flushed) everything that goes before, and must write nothing else on the socket
+/// until this returns.
+pub async fn send_parts(sock: RawFd, parts: Vec<Part>, send: FetchSend) -> io::Result<()> {
     let slots = SEND_SLOTS.with(Rc::clone);
     let _slot = slots
         .acquire_permit(1)
@@ -93,13 +96,16 @@ pub async fn send_parts(sock: RawFd, parts: Vec<Part>) -> io::Result<()> {
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     set_send_timeout(&sock, FILE_SEND_STALL_TIMEOUT)?;
     glommio::executor()
-        .spawn_blocking(move || send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT))
+        .spawn_blocking(move || match send {
+            FetchSend::Copy => send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT),
+            FetchSend::Zc => crate::send_zc::send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT),
+        })
         .await
 }
 
 /// Writes the parts in order: runs of bytes parts with one `sendmsg` each (`MSG_MORE` when
 /// more follows), file ranges with `sendfile`.
-fn send_blocking(sock: &OwnedFd, parts: &[Part], stall: Duration) -> io::Result<()> {
+pub(crate) fn send_blocking(sock: &OwnedFd, parts: &[Part], stall: Duration) -> io::Result<()> {
     let mut ahead = ReadAhead::default();
     let mut i = 0;
     while i < parts.len() {
@@ -133,13 +139,13 @@ fn send_blocking(sock: &OwnedFd, parts: &[Part], stall: Duration) -> io::Result<
 /// cold file they often missed the kernel's sequential-readahead detection and became
 /// ~0.4 MiB device reads, with the disk idle between them. A failed advice only costs speed.
 #[derive(Default)]
-struct ReadAhead<'a> {
+pub(crate) struct ReadAhead<'a> {
     /// Per file of the response: the position up to which reads were requested.
     advised: Vec<(&'a std::fs::File, u64)>,
 }
 
 impl<'a> ReadAhead<'a> {
-    fn before(&mut self, f: &'a FileRange) {
+    pub(crate) fn before(&mut self, f: &'a FileRange) {
         let end = f.pos + f.len as u64;
         let want = end + FILE_READ_AHEAD_BYTES;
         let k = match self
@@ -170,7 +176,13 @@ impl<'a> ReadAhead<'a> {
     }
 }
 
-fn send_bytes(sock: &OwnedFd, bufs: &[&[u8]], more: bool, stall: Duration) -> io::Result<()> {
+/// Writes `bufs` in order with `sendmsg` (`MSG_MORE` when `more`): the kernel copies them.
+pub(crate) fn send_bytes(
+    sock: &OwnedFd,
+    bufs: &[&[u8]],
+    more: bool,
+    stall: Duration,
+) -> io::Result<()> {
     let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
     let (mut k, mut at) = (0usize, 0usize);
     let mut progress = Instant::now();
@@ -220,7 +232,8 @@ fn send_bytes(sock: &OwnedFd, bufs: &[&[u8]], more: bool, stall: Duration) -> io
     Ok(())
 }
 
-fn send_file(sock: &OwnedFd, f: &FileRange, stall: Duration) -> io::Result<()> {
+/// Writes the file range with `sendfile(2)` (page cache to socket).
+pub(crate) fn send_file(sock: &OwnedFd, f: &FileRange, stall: Duration) -> io::Result<()> {
     let mut off = libc::off_t::try_from(f.pos).map_err(|_| io::Error::other("file position"))?;
     let mut left = f.len;
     let mut progress = Instant::now();
@@ -248,7 +261,16 @@ fn send_file(sock: &OwnedFd, f: &FileRange, stall: Duration) -> io::Result<()> {
 /// After a failed send call: EINTR retries; EAGAIN waits for the socket to take more, up to
 /// the stall timeout since the last progress; anything else (EPIPE, ECONNRESET) fails.
 fn retry_or_fail(sock: &OwnedFd, progress: &mut Instant, stall: Duration) -> io::Result<()> {
-    let e = io::Error::last_os_error();
+    retry_or_fail_on(sock, io::Error::last_os_error(), progress, stall)
+}
+
+/// [`retry_or_fail`] for an error the caller already has (an io_uring completion's `-errno`).
+pub(crate) fn retry_or_fail_on(
+    sock: &OwnedFd,
+    e: io::Error,
+    progress: &mut Instant,
+    stall: Duration,
+) -> io::Result<()> {
     match e.raw_os_error() {
         Some(libc::EINTR) => Ok(()),
         Some(libc::EAGAIN) => {
@@ -276,7 +298,7 @@ fn retry_or_fail(sock: &OwnedFd, progress: &mut Instant, stall: Duration) -> io:
     }
 }
 
-fn stalled() -> io::Error {
+pub(crate) fn stalled() -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
         format!("no send progress for {FILE_SEND_STALL_TIMEOUT:?}"),

@@ -70,6 +70,7 @@ impl Running {
         for h in self.handles {
             clean &= h.join().is_ok();
         }
+        crate::send_zc::log_totals();
         clean && !self.shared.failed.load(Ordering::Acquire)
     }
 }
