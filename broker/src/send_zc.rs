@@ -36,7 +36,7 @@
 //! counted in [`ZcStats::copied`]): see kernel-notes/send-zc.md for what this mode costs here.
 
 use crate::config::FetchSend;
-use crate::sendfile::{self, ReadAhead};
+use crate::sendfile::{self, ReadAhead, Run};
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use ringmq_engine::{FileRange, Part};
@@ -502,28 +502,19 @@ impl Sender {
         fill: &mut Option<Fill<'p>>,
     ) -> io::Result<()> {
         let mut ahead = ReadAhead::default();
-        let mut i = 0;
-        while i < parts.len() {
-            match &parts[i] {
-                Part::File(f) => {
+        for (run, more) in sendfile::runs(parts) {
+            match run {
+                Run::File(f) => {
                     ahead.before(f);
                     let piece = Piece::File {
                         f,
                         pos: f.pos,
                         len: f.len,
                     };
-                    self.put(sock, fill, piece, i + 1 < parts.len(), stall)?;
-                    i += 1;
+                    self.put(sock, fill, piece, more, stall)?;
                 }
-                Part::Bytes(_) => {
-                    let end = parts[i..]
-                        .iter()
-                        .position(|p| matches!(p, Part::File(_)))
-                        .map_or(parts.len(), |k| i + k);
-                    let run: Vec<&Bytes> =
-                        parts[i..end].iter().filter_map(Part::as_bytes).collect();
+                Run::Bytes(run) => {
                     let total: usize = run.iter().map(|b| b.len()).sum();
-                    let more = end < parts.len();
                     if total >= ZC_MIN_SEND_BYTES {
                         self.flush(sock, fill, true, stall)?;
                         self.send_run(sock, &run, more, stall)?;
@@ -536,7 +527,6 @@ impl Sender {
                         let slices: Vec<&[u8]> = run.iter().map(|b| &b[..]).collect();
                         sendfile::send_bytes(sock, &slices, false, stall)?;
                     }
-                    i = end;
                 }
             }
         }

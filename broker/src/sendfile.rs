@@ -107,30 +107,49 @@ pub async fn send_parts(sock: RawFd, parts: Vec<Part>, send: FetchSend) -> io::R
 /// more follows), file ranges with `sendfile`.
 pub(crate) fn send_blocking(sock: &OwnedFd, parts: &[Part], stall: Duration) -> io::Result<()> {
     let mut ahead = ReadAhead::default();
-    let mut i = 0;
-    while i < parts.len() {
-        match &parts[i] {
-            Part::File(f) => {
+    for (run, more) in runs(parts) {
+        match run {
+            Run::File(f) => {
                 ahead.before(f);
                 send_file(sock, f, stall)?;
-                i += 1;
             }
-            Part::Bytes(_) => {
-                let run_end = parts[i..]
-                    .iter()
-                    .position(|p| matches!(p, Part::File(_)))
-                    .map_or(parts.len(), |k| i + k);
-                let run: Vec<&[u8]> = parts[i..run_end]
-                    .iter()
-                    .filter_map(Part::as_bytes)
-                    .map(|b| &b[..])
-                    .collect();
-                send_bytes(sock, &run, run_end < parts.len(), stall)?;
-                i = run_end;
+            Run::Bytes(bytes) => {
+                let slices: Vec<&[u8]> = bytes.iter().map(|b| &b[..]).collect();
+                send_bytes(sock, &slices, more, stall)?;
             }
         }
     }
     Ok(())
+}
+
+/// A response's parts as the senders take them: each file range alone, each run of
+/// consecutive bytes parts together.
+pub(crate) enum Run<'p> {
+    File(&'p FileRange),
+    Bytes(Vec<&'p bytes::Bytes>),
+}
+
+/// The runs of `parts` in order, each with whether anything follows it.
+pub(crate) fn runs(parts: &[Part]) -> impl Iterator<Item = (Run<'_>, bool)> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let run = match parts.get(i)? {
+            Part::File(f) => {
+                i += 1;
+                Run::File(f)
+            }
+            Part::Bytes(_) => {
+                let end = parts[i..]
+                    .iter()
+                    .position(|p| matches!(p, Part::File(_)))
+                    .map_or(parts.len(), |k| i + k);
+                let run = parts[i..end].iter().filter_map(Part::as_bytes).collect();
+                i = end;
+                Run::Bytes(run)
+            }
+        };
+        Some((run, i < parts.len()))
+    })
 }
 
 /// Keeps page-cache reads requested ([`FILE_READ_AHEAD_BYTES`] ahead) for the file ranges a

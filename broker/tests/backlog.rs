@@ -6,117 +6,48 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+
+use common::backlog::{check, fetch_from, fill, unread, varied_batch};
 use common::{Broker, Client};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
-use ringmq_wire::record_batch::{
-    set_base_offset, split_batches, BatchBuilder, ProducerStamp, Record,
-};
 
 const TOPIC: &str = "backlog";
 const PARTITIONS: i32 = 4;
 /// More than the engine's default tail cache (64 MiB).
 const BACKLOG_BYTES: usize = 72 << 20;
 
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_owned()))
-}
-
-/// A batch whose sizes and contents depend on (partition, i): misplaced, truncated or
-/// shifted bytes cannot compare equal to another batch.
+/// Batches of 1-9 records of 2-110 KB.
 fn batch(p: i32, i: usize) -> Vec<u8> {
     let records = 1 + (i * 7 + p as usize) % 9;
     let value_len = 2_000 + ((p as usize * 31 + i * 17) % 13) * 9_000;
-    let mut b = BatchBuilder::new(records * (value_len + 64));
-    for r in 0..records {
-        let seed = (p as usize) << 24 ^ i << 8 ^ r;
-        let value: Vec<u8> = (0..value_len)
-            .map(|k| (seed.wrapping_mul(2_654_435_761) ^ k.wrapping_mul(40_503)) as u8)
-            .collect();
-        b.push(&Record {
-            key: None,
-            value: Some(&value),
-            headers: &[],
-            timestamp_ms: 1_000 + i as i64,
-        });
-    }
-    b.build(ProducerStamp::NONE, 0)
+    varied_batch(p, i, records, value_len)
 }
 
-/// Produces batches round-robin over the partitions until the backlog holds
-/// [`BACKLOG_BYTES`]; returns each partition's batches as stored (base offsets assigned).
-fn fill(c: &mut Client) -> Vec<Vec<Bytes>> {
-    let req = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
-        .with_name(name(TOPIC))
-        .with_num_partitions(PARTITIONS)
-        .with_replication_factor(1)]);
-    let resp: CreateTopicsResponse = c.call(7, &req);
-    assert_eq!(resp.topics[0].error_code, 0);
-    let mut want = vec![Vec::new(); PARTITIONS as usize];
-    let mut total = 0;
-    let mut i = 0;
-    while total < BACKLOG_BYTES {
-        for p in 0..PARTITIONS {
-            let b = batch(p, i);
-            let req = ProduceRequest::default()
-                .with_acks(1)
-                .with_timeout_ms(10_000)
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(name(TOPIC))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(p)
-                        .with_records(Some(Bytes::from(b.clone())))])]);
-            let resp: ProduceResponse = c.call(9, &req);
-            let part = &resp.responses[0].partition_responses[0];
-            assert_eq!(part.error_code, 0, "produce p{p} #{i}");
-            let mut stored = BytesMut::from(&b[..]);
-            set_base_offset(&mut stored, part.base_offset);
-            total += b.len();
-            want[p as usize].push(stored.freeze());
-        }
-        i += 1;
-    }
-    want
+fn fill_backlog(c: &mut Client) -> Vec<Vec<bytes::Bytes>> {
+    fill(c, TOPIC, PARTITIONS, BACKLOG_BYTES, batch)
+}
+
+/// A fetch of every partition from offset 0.
+fn fetch_everything(partition_max_bytes: i32, max_bytes: i32) -> FetchRequest {
+    fetch_from(
+        TOPIC,
+        &[0; PARTITIONS as usize],
+        partition_max_bytes,
+        max_bytes,
+    )
 }
 
 /// Fetches every partition from offset 0 to its high watermark (all partitions in each
 /// request) and checks every batch byte for byte.
-fn read_back(c: &mut Client, want: &[Vec<Bytes>], what: &str) {
+fn read_back(c: &mut Client, want: &[Vec<bytes::Bytes>], what: &str) {
     let mut next = vec![0i64; want.len()];
     let mut got = vec![0usize; want.len()];
     let mut fetches = 0;
-    while got.iter().zip(want).any(|(g, w)| *g < w.len()) {
+    while unread(want, &got) {
         fetches += 1;
         assert!(fetches < 10_000, "{what}: no progress");
-        let mut req = fetch_everything(3 << 20, 8 << 20);
-        for (p, part) in req.topics[0].partitions.iter_mut().enumerate() {
-            part.fetch_offset = next[p];
-        }
-        let resp: FetchResponse = c.call(11, &req);
-        for part in &resp.responses[0].partitions {
-            let p = part.partition_index as usize;
-            assert_eq!(part.error_code, 0, "{what}: partition {p}");
-            let records = part.records.clone().unwrap_or_default();
-            for range in split_batches(&records) {
-                let range = range.expect("whole batches");
-                let k = got[p];
-                assert!(
-                    k < want[p].len(),
-                    "{what}: p{p} returned more batches than sent"
-                );
-                assert!(
-                    records[range.clone()] == want[p][k][..],
-                    "{what}: partition {p} batch {k} differs from what was produced"
-                );
-                let h = ringmq_wire::record_batch::validate(&records[range]).unwrap();
-                next[p] = h.last_offset() + 1;
-                got[p] += 1;
-            }
-        }
+        let resp: FetchResponse = c.call(11, &fetch_from(TOPIC, &next, 3 << 20, 8 << 20));
+        check(&resp, want, &mut next, &mut got, what);
     }
 }
 
@@ -124,7 +55,7 @@ fn read_back(c: &mut Client, want: &[Vec<Bytes>], what: &str) {
 fn a_backlog_larger_than_the_tail_cache_reads_back_byte_exact_in_every_mode() {
     let broker = Broker::start(&["--cores", "2", "--fetch-backlog-read", "readahead"]);
     let mut c = broker.client();
-    let want = fill(&mut c);
+    let want = fill_backlog(&mut c);
     // Before a restart: the oldest batches were evicted from the tail cache (disk), the rest
     // come from memory.
     read_back(&mut c, &want, "readahead, before restart");
@@ -167,7 +98,7 @@ fn consumers_closing_mid_sendfile_leave_the_broker_serving_others() {
     // connection's write loop or the core stuck.
     let broker = Broker::start(&["--cores", "2", "--fetch-backlog-read", "sendfile"]);
     let mut c = broker.client();
-    let want = fill(&mut c);
+    let want = fill_backlog(&mut c);
     drop(c);
     let (status, dir) = broker.stop();
     assert!(status.success());
@@ -189,26 +120,6 @@ fn consumers_closing_mid_sendfile_leave_the_broker_serving_others() {
     drop(c);
     let (status, _) = broker.stop();
     assert!(status.success());
-}
-
-/// A fetch of every partition from offset 0.
-fn fetch_everything(partition_max_bytes: i32, max_bytes: i32) -> FetchRequest {
-    let parts = (0..PARTITIONS)
-        .map(|p| {
-            FetchPartition::default()
-                .with_partition(p)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(partition_max_bytes)
-        })
-        .collect();
-    FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_min_bytes(1)
-        .with_max_bytes(max_bytes)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(name(TOPIC))
-            .with_partitions(parts)])
 }
 
 /// Descriptors of `pid` open on commit-log segments without O_DIRECT (the engine's own are

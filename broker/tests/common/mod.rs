@@ -1,6 +1,8 @@
 //! Runs the real `ringmq` binary on a free port and talks the Kafka protocol to it.
 #![allow(dead_code)]
 
+pub mod backlog;
+
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Decodable, Request};
