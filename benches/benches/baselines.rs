@@ -19,12 +19,12 @@ fn main() {
         .expect("creating the bench directory");
     let path = dir.path().to_path_buf();
     println!("# baselines (quick={quick}) in {}", path.display());
+    let io_memory = raw::io_memory_from_env();
     println!(
-        "# io_memory={} B, memlock={:?} B",
-        executor::io_memory_bytes(),
+        "# io_memory={io_memory} B, memlock={:?} B",
         executor::memlock_limit_bytes()
     );
-    executor::run(move || async move { run_all(path, quick).await });
+    executor::run_with_io_memory(io_memory, move || async move { run_all(path, quick).await });
 }
 
 async fn run_all(dir: PathBuf, quick: bool) {

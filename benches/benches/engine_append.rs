@@ -1,12 +1,13 @@
 //! `cargo bench -p ringmq-benches --bench engine_append` (full: a few minutes of disk writes)
 //! `RINGMQ_BENCH_QUICK=1 cargo bench -p ringmq-benches --bench engine_append` (seconds).
 //! `RINGMQ_BENCH_BATCH_KIB=16 RINGMQ_BENCH_QUEUES=64 RINGMQ_BENCH_ACKS=durable RINGMQ_BENCH_REPS=5`
-//! narrow a run to one configuration; `RINGMQ_BENCH_MIB=64` shortens each run.
+//! narrow a run to one configuration; `RINGMQ_BENCH_MIB=64` shortens each run;
+//! `RINGMQ_BENCH_IO_MEMORY_KIB` sets the executor's registered I/O memory.
 //! Files go to a temp dir under `RINGMQ_BENCH_DIR` (default: the current directory, so the
 //! disk measured is the one the data would live on, not a tmpfs).
 
 use ringmq_benches::engine_append::{self, Plan};
-use ringmq_benches::{executor, quick_mode_requested};
+use ringmq_benches::{executor, quick_mode_requested, raw};
 
 fn main() {
     let quick = quick_mode_requested();
@@ -23,13 +24,15 @@ fn main() {
         .tempdir_in(std::env::var_os("RINGMQ_BENCH_DIR").unwrap_or_else(|| ".".into()))
         .expect("creating the bench directory");
     let path = dir.path().to_path_buf();
+    let io_memory = raw::io_memory_from_env();
     println!(
-        "# engine_append (quick={quick}) in {}, io_memory {} B",
+        "# engine_append (quick={quick}) in {}, io_memory {io_memory} B",
         path.display(),
-        executor::io_memory_bytes()
     );
     let plan2 = plan.clone();
-    let report = executor::run(move || async move { engine_append::run(&path, &plan2).await });
+    let report = executor::run_with_io_memory(io_memory, move || async move {
+        engine_append::run(&path, &plan2).await
+    });
     match report {
         Ok(r) => print!("{}", r.render(&plan)),
         Err(e) => {

@@ -31,8 +31,10 @@ pub const MAX_BATCH_BYTES: u32 = 1 << 20;
 pub const RAW_IN_FLIGHT: usize = 8;
 /// The engine's own write shape, for a like-for-like raw figure: its staging chunk (the size of
 /// every whole-chunk write, `WRITE_CHUNK_BYTES` in engine/src/log/appender.rs), issued
-/// [`RAW_IN_FLIGHT`] at a time (`MAX_WRITES_IN_FLIGHT` in engine/src/commit.rs). Of 8 x 1 MiB
-/// buffers only about 3 fit in the executor's registered I/O memory, as in the engine.
+/// [`RAW_IN_FLIGHT`] at a time (`MAX_WRITES_IN_FLIGHT` in engine/src/commit.rs), from the same
+/// executor's registered I/O memory as the engine (the bench main sizes it as the engine
+/// recommends; with a 4 MiB pool only about 3 of the 8 buffers fit and this line drops to ~0.7
+/// of the 256 KiB line, kernel-notes/o-direct-and-page-cache.md).
 pub const ENGINE_WRITE_BYTES: usize = 1 << 20;
 
 /// Sizes of one benchmark run.

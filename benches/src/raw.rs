@@ -14,6 +14,23 @@ use glommio::io::DmaFile;
 /// Most writes the raw loop keeps in flight (the fio sweet spot here is queue depth 8–16).
 pub const MAX_IN_FLIGHT: usize = 64;
 
+/// Overrides the executor's registered I/O memory, in KiB. Default: what the engine asks for,
+/// `ringmq_engine::recommended_io_memory_bytes()`, as the broker's executors get it. A write
+/// from a buffer outside the registered memory costs more than the same write from inside it
+/// (kernel-notes/o-direct-and-page-cache.md), so every bench prints the size it ran with.
+pub const IO_MEMORY_KIB_ENV: &str = "RINGMQ_BENCH_IO_MEMORY_KIB";
+
+/// The io_memory a bench executor gets: [`IO_MEMORY_KIB_ENV`] if set, else the engine's
+/// recommendation.
+pub fn io_memory_from_env() -> usize {
+    std::env::var(IO_MEMORY_KIB_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or_else(ringmq_engine::recommended_io_memory_bytes, |kib| {
+            (kib << 10).max(crate::executor::IO_MEMORY_MIN_BYTES)
+        })
+}
+
 /// One raw run: `total_bytes` written as `write_bytes` writes, `in_flight` at a time.
 #[derive(Debug, Clone, Copy)]
 pub struct RawWriteSpec {

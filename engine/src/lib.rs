@@ -165,12 +165,20 @@ pub struct ProducerBatch {
     pub last_offset: Offset,
 }
 
-/// Bytes of io_uring registered buffer memory an executor should use: half of
-/// `RLIMIT_MEMLOCK`, at most 4 MiB (glommio's default of 10 MiB exceeds a typical 8 MiB limit,
-/// and then every DMA read fails with EOPNOTSUPP). Every executor running a [`Shard`] must be
-/// built with `LocalExecutorBuilder::io_memory(recommended_io_memory_bytes())`.
+/// Bytes of io_uring registered buffer memory an executor should use.
+///
+/// Where `RLIMIT_MEMLOCK` binds: half of it, at most [`IO_MEMORY_LIMITED_MAX_BYTES`] (glommio's
+/// default of 10 MiB exceeds a typical 8 MiB limit, and then every DMA read fails with
+/// EOPNOTSUPP). Where it does not (the process holds `CAP_IPC_LOCK`, or the limit is
+/// unlimited): [`IO_MEMORY_UNLIMITED_BYTES`], enough for every staging chunk a saturated shard
+/// keeps in flight and staged. A write from a buffer outside the registered memory is pinned
+/// page by page on every submission: 1 MiB writes, 8 in flight, ran at 0.66 of the registered
+/// rate here, and the engine's 256 KiB appends at ~0.8 (kernel-notes/o-direct-and-page-cache.md,
+/// benches/README.md).
+/// Every executor running a [`Shard`] must be built with
+/// `LocalExecutorBuilder::io_memory(recommended_io_memory_bytes())`; the memory is pinned
+/// (resident) for the executor's life.
 pub fn recommended_io_memory_bytes() -> usize {
-    const CAP_BYTES: u64 = 4 << 20;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -180,18 +188,54 @@ pub fn recommended_io_memory_bytes() -> usize {
     if rc != 0 {
         return 0;
     }
-    let half = if lim.rlim_cur == libc::RLIM_INFINITY {
-        CAP_BYTES
-    } else {
-        lim.rlim_cur / 2
-    };
+    if lim.rlim_cur == libc::RLIM_INFINITY || holds_cap_ipc_lock() {
+        return IO_MEMORY_UNLIMITED_BYTES;
+    }
     // Registered buffers come in whole pages.
-    (half.min(CAP_BYTES) & !4095) as usize
+    ((lim.rlim_cur / 2).min(IO_MEMORY_LIMITED_MAX_BYTES as u64) & !4095) as usize
+}
+
+/// Most registered I/O memory [`recommended_io_memory_bytes`] suggests under a binding
+/// `RLIMIT_MEMLOCK`.
+pub const IO_MEMORY_LIMITED_MAX_BYTES: usize = 4 << 20;
+
+/// Registered I/O memory [`recommended_io_memory_bytes`] suggests when `RLIMIT_MEMLOCK` does
+/// not apply: the staging chunks of 64 closed-loop 256 KiB appenders (16 MiB outstanding) plus
+/// the writes in flight (`MAX_WRITES_IN_FLIGHT` x `WRITE_CHUNK_BYTES` = 8 MiB), rounded up.
+/// Measured (256 KiB appends, 64 queues; benches/README.md, session 4): 16 MiB and 64 MiB
+/// bracket it; 64 MiB adds ~10% to Durable for twice the pinned memory.
+pub const IO_MEMORY_UNLIMITED_BYTES: usize = 32 << 20;
+
+/// Whether the process's effective capabilities include `CAP_IPC_LOCK`, which exempts it from
+/// `RLIMIT_MEMLOCK` (kernel-notes/io-uring-memlock.md). False when /proc cannot tell.
+fn holds_cap_ipc_lock() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| status_has_cap_ipc_lock(&s))
+}
+
+/// Whether a /proc/<pid>/status text's `CapEff` mask holds `CAP_IPC_LOCK` (bit 14).
+fn status_has_cap_ipc_lock(status: &str) -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cap_ipc_lock_is_read_from_the_effective_mask() {
+        let status = |eff: &str| format!("Name:\tx\nCapInh:\t0000000000004000\nCapEff:\t{eff}\n");
+        assert!(status_has_cap_ipc_lock(&status("000001fffeffffff")));
+        assert!(status_has_cap_ipc_lock(&status("0000000000004000")));
+        assert!(!status_has_cap_ipc_lock(&status("0000000000003fff")));
+        assert!(!status_has_cap_ipc_lock(&status("000001fffeffbfff")));
+        assert!(!status_has_cap_ipc_lock("CapEff:\tnot-hex\n"));
+        assert!(!status_has_cap_ipc_lock("Name:\tx\n"));
+    }
 
     #[test]
     fn io_memory_fits_under_memlock() {
@@ -205,11 +249,15 @@ mod tests {
             unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) },
             0
         );
-        assert!(
-            n <= lim.rlim_cur && n <= 4 << 20,
-            "{n} vs limit {}",
-            lim.rlim_cur
-        );
+        if holds_cap_ipc_lock() || lim.rlim_cur == libc::RLIM_INFINITY {
+            assert_eq!(n, IO_MEMORY_UNLIMITED_BYTES as u64, "memlock does not bind");
+        } else {
+            assert!(
+                n <= lim.rlim_cur && n <= IO_MEMORY_LIMITED_MAX_BYTES as u64,
+                "{n} vs limit {}",
+                lim.rlim_cur
+            );
+        }
         assert_eq!(n % 4096, 0);
     }
 }

@@ -8,6 +8,10 @@ use bytes::Bytes;
 use ringmq_engine::{Offset, ShardConfig};
 use ringmq_wire::record_batch::{BatchBuilder, BatchHeader, ProducerStamp, Record};
 
+/// Registered I/O memory of a test executor, at most: tests need no throughput, and
+/// corruption.rs bounds every single allocation (the executor's pool is one).
+const TEST_IO_MEMORY_MAX_BYTES: usize = 4 << 20;
+
 /// Runs `make()` on a fresh glommio executor thread whose registered I/O memory fits under
 /// `RLIMIT_MEMLOCK` (kernel-notes/io-uring-memlock.md) and returns its output.
 pub fn run_glommio<G, F, T>(make: G) -> T
@@ -18,7 +22,7 @@ where
 {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("engine-test")
-        .io_memory(ringmq_engine::recommended_io_memory_bytes())
+        .io_memory(ringmq_engine::recommended_io_memory_bytes().min(TEST_IO_MEMORY_MAX_BYTES))
         .spawn(make)
         .expect("spawning a glommio executor")
         .join()
