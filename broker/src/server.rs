@@ -202,12 +202,11 @@ fn place_io_workers(core: usize, config: &Config) {
     }
 }
 
-/// Splits the registered-buffer budget (under RLIMIT_MEMLOCK) between the executors.
-/// The executors' registrations together stay under the limit (RLIMIT_MEMLOCK is per process):
-/// going over it makes every DMA read fail with EOPNOTSUPP (see COMMON.md / kernel-notes).
+/// Registered-buffer memory of each executor: the engine's recommendation for `cores`
+/// executors in one process (split under RLIMIT_MEMLOCK, which is per process: going over it
+/// makes every DMA read fail with EOPNOTSUPP; kernel-notes/io-uring-memlock.md).
 fn io_memory_per_core(cores: usize) -> usize {
-    let total = ringmq_engine::recommended_io_memory_bytes();
-    let share = (total / cores.max(1)) & !4095;
+    let share = ringmq_engine::io_memory_per_executor(cores);
     if share < MIN_IO_MEMORY_PER_CORE_BYTES {
         tracing::warn!(
             share,

@@ -176,9 +176,18 @@ pub struct ProducerBatch {
 /// rate here, and the engine's 256 KiB appends at ~0.8 (kernel-notes/o-direct-and-page-cache.md,
 /// benches/README.md).
 /// Every executor running a [`Shard`] must be built with
-/// `LocalExecutorBuilder::io_memory(recommended_io_memory_bytes())`; the memory is pinned
-/// (resident) for the executor's life.
+/// `LocalExecutorBuilder::io_memory(recommended_io_memory_bytes())` (or, with several
+/// executors in one process, [`io_memory_per_executor`]); the memory is pinned (resident) for
+/// the executor's life.
 pub fn recommended_io_memory_bytes() -> usize {
+    io_memory_per_executor(1)
+}
+
+/// [`recommended_io_memory_bytes`] for each of `executors` executors of one process: where
+/// `RLIMIT_MEMLOCK` binds, the process's share split between them (the limit is per process,
+/// and an executor whose registration goes over it fails every DMA read); where it does not,
+/// each gets [`IO_MEMORY_UNLIMITED_BYTES`] for its own shard.
+pub fn io_memory_per_executor(executors: usize) -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -191,8 +200,9 @@ pub fn recommended_io_memory_bytes() -> usize {
     if lim.rlim_cur == libc::RLIM_INFINITY || holds_cap_ipc_lock() {
         return IO_MEMORY_UNLIMITED_BYTES;
     }
+    let process = (lim.rlim_cur / 2).min(IO_MEMORY_LIMITED_MAX_BYTES as u64);
     // Registered buffers come in whole pages.
-    ((lim.rlim_cur / 2).min(IO_MEMORY_LIMITED_MAX_BYTES as u64) & !4095) as usize
+    ((process / executors.max(1) as u64) & !4095) as usize
 }
 
 /// Most registered I/O memory [`recommended_io_memory_bytes`] suggests under a binding
@@ -249,15 +259,22 @@ mod tests {
             unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) },
             0
         );
+        let four = io_memory_per_executor(4) as u64;
         if holds_cap_ipc_lock() || lim.rlim_cur == libc::RLIM_INFINITY {
             assert_eq!(n, IO_MEMORY_UNLIMITED_BYTES as u64, "memlock does not bind");
+            assert_eq!(four, n, "each executor has its own budget");
         } else {
             assert!(
                 n <= lim.rlim_cur && n <= IO_MEMORY_LIMITED_MAX_BYTES as u64,
                 "{n} vs limit {}",
                 lim.rlim_cur
             );
+            assert!(
+                4 * four <= n,
+                "four executors share one process's budget: {four}"
+            );
         }
         assert_eq!(n % 4096, 0);
+        assert_eq!(four % 4096, 0);
     }
 }
