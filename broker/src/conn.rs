@@ -35,6 +35,12 @@ use std::rc::Rc;
 const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Socket write buffer per connection (larger chunks bypass it).
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
+/// Responses at least this large (catch-up fetches: up to tens of MiB of stored batches) are
+/// written with gathered sends straight from their parts instead of being copied into the
+/// write buffer: that copy was a third of the broker's memmove time in a catch-up.
+const GATHER_MIN_BYTES: usize = WRITE_BUFFER_BYTES;
+/// Parts per gathered send (the kernel allows 1024).
+const MAX_PARTS_PER_SEND: usize = 64;
 
 /// A response not yet written.
 enum Pending {
@@ -262,9 +268,10 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
     let _ = wr.close().await;
 }
 
-/// Writes one response: through the buffer, or, when it holds file ranges (or zero-copy
-/// sending wants it: `send_zc::hand_to_pool`), after a flush from the blocking pool
-/// (`sendfile` module), which this awaits so responses stay in order.
+/// Writes one response: when it holds file ranges (or zero-copy sending wants it:
+/// `send_zc::hand_to_pool`), after a flush from the blocking pool (`sendfile` module), which
+/// this awaits so responses stay in order; when it is large, after a flush with gathered sends
+/// from its parts' own memory; otherwise through the buffer.
 async fn write_response<W: futures_lite::AsyncWrite + Unpin>(
     wr: &mut BufWriter<W>,
     sock: RawFd,
@@ -275,6 +282,10 @@ async fn write_response<W: futures_lite::AsyncWrite + Unpin>(
         wr.flush().await?;
         return crate::sendfile::send_parts(sock, chunks.parts, send).await;
     }
+    if chunks.total_len() >= GATHER_MIN_BYTES {
+        wr.flush().await?;
+        return send_gathered(wr.get_mut(), sock, &chunks.parts).await;
+    }
     for part in &chunks.parts {
         match part {
             Part::Bytes(b) => wr.write_all(b).await?,
@@ -282,6 +293,81 @@ async fn write_response<W: futures_lite::AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// Writes bytes parts in order with non-blocking `sendmsg` calls over up to
+/// [`MAX_PARTS_PER_SEND`] of them at a time, from the parts' own memory. When the socket is
+/// full, the stream's own write (which waits for room) sends the next piece, then gathering
+/// resumes. Between sends the task yields if the executor has other work due (this core's
+/// appends): a 16 MiB response is ~250 sends.
+async fn send_gathered<W: futures_lite::AsyncWrite + Unpin>(
+    wr: &mut W,
+    sock: RawFd,
+    parts: &[Part],
+) -> std::io::Result<()> {
+    let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len());
+    for part in parts {
+        match part {
+            Part::Bytes(b) if b.is_empty() => {}
+            Part::Bytes(b) => bufs.push(b),
+            Part::File(_) => return Err(std::io::Error::other("file part in a gathered response")),
+        }
+    }
+    // Next byte to send: bufs[k][at..].
+    let (mut k, mut at) = (0usize, 0usize);
+    while k < bufs.len() {
+        let iov: Vec<libc::iovec> = std::iter::once(&bufs[k][at..])
+            .chain(bufs[k + 1..].iter().copied())
+            .take(MAX_PARTS_PER_SEND)
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: a zeroed msghdr is valid; msg_iov points at `iov`, alive across the call,
+        // whose entries point into `parts`, alive and unchanged across the call. `sock` is the
+        // connection's socket, open while its write half (`wr`) lives.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = iov.len();
+            libc::sendmsg(sock, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        let n = if sent >= 0 {
+            sent as usize
+        } else {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => {
+                    use futures_lite::io::AsyncWriteExt;
+                    match wr.write(&bufs[k][at..]).await? {
+                        0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                        n => n,
+                    }
+                }
+                _ => return Err(e),
+            }
+        };
+        (k, at) = advance(&bufs, k, at, n);
+        glommio::yield_if_needed().await;
+    }
+    Ok(())
+}
+
+/// The position `n` bytes after `bufs[k][at..]` (as (k, at), with `at` inside `bufs[k]`, or
+/// `k == bufs.len()` at the end; no buffer is empty).
+fn advance(bufs: &[&[u8]], mut k: usize, mut at: usize, mut n: usize) -> (usize, usize) {
+    while n > 0 && k < bufs.len() {
+        let left = bufs[k].len() - at;
+        if n < left {
+            return (k, at + n);
+        }
+        n -= left;
+        k += 1;
+        at = 0;
+    }
+    (k, at)
 }
 
 /// Awaits a handler. If it is not done yet, the responses already buffered are flushed first:
@@ -370,6 +456,85 @@ mod tests {
 
     fn reader(data: Vec<u8>, step: usize) -> BufReader<Trickle> {
         BufReader::with_capacity(READ_BUFFER_BYTES, Trickle { data, pos: 0, step })
+    }
+
+    /// Catches: a gathered response losing, repeating or reordering bytes when the socket
+    /// takes part of a send (partial sends end inside a part) or none of it (the socket is
+    /// full and the stream's write must wait), and empty parts breaking the walk.
+    #[test]
+    fn gathered_sends_deliver_every_byte_in_order_through_a_full_socket() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(256 << 10)
+            .spawn(|| async {
+                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let reader = glommio::spawn_local(async move {
+                    let mut s = listener.accept().await.unwrap();
+                    let mut got = Vec::new();
+                    let mut buf = vec![0u8; 7_001];
+                    loop {
+                        // Slow, small reads: the sender finds the socket full again and again.
+                        glommio::timer::sleep(std::time::Duration::from_micros(50)).await;
+                        let n = s.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            return got;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                });
+                let stream = glommio::net::TcpStream::connect(addr).await.unwrap();
+                let sock = stream.as_raw_fd();
+                let small: libc::c_int = 4096;
+                // SAFETY: setsockopt on a socket this test owns, with a valid c_int.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        sock,
+                        libc::SOL_SOCKET,
+                        libc::SO_SNDBUF,
+                        &small as *const libc::c_int as *const libc::c_void,
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0);
+                // 300 parts (more than one send's worth), sizes 0..~40 KiB, distinct bytes.
+                let parts: Vec<Part> = (0..300usize)
+                    .map(|i| {
+                        let len = if i % 17 == 0 { 0 } else { (i * 7_919) % 40_000 };
+                        Part::Bytes(Bytes::from(
+                            (0..len)
+                                .map(|k| (i * 31 + k * 7) as u8)
+                                .collect::<Vec<u8>>(),
+                        ))
+                    })
+                    .collect();
+                let want: Vec<u8> = parts
+                    .iter()
+                    .flat_map(|p| p.as_bytes().unwrap().to_vec())
+                    .collect();
+                let mut wr = stream;
+                send_gathered(&mut wr, sock, &parts).await.unwrap();
+                drop(wr);
+                let got = reader.await;
+                assert_eq!(got.len(), want.len());
+                assert!(got == want, "bytes differ");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn advance_walks_across_parts() {
+        // Catches: an offset landing at a part's end not moving to the next part (the next
+        // send would then start with an empty iovec and never progress), or overshooting.
+        let a = [1u8; 5];
+        let b = [2u8; 3];
+        let bufs: Vec<&[u8]> = vec![&a, &b];
+        assert_eq!(advance(&bufs, 0, 0, 4), (0, 4));
+        assert_eq!(advance(&bufs, 0, 4, 1), (1, 0));
+        assert_eq!(advance(&bufs, 0, 2, 5), (1, 2));
+        assert_eq!(advance(&bufs, 1, 2, 1), (2, 0));
+        assert_eq!(advance(&bufs, 0, 0, 8), (2, 0));
     }
 
     /// Catches: a body assembled from several buffer fills losing or repeating bytes, reading

@@ -62,6 +62,13 @@ pub struct Core {
 /// tens of MiB per request; with lower shares, appends on the same core run first whenever
 /// both are ready (the read path yields between batches, `yield_if_needed`).
 pub const FETCH_SHARES: usize = 100;
+/// Longest a fetch task runs before the executor may switch to other work (glommio's preempt
+/// timer is the smallest `Latency::Matters` of the active queues, else 100 ms): shares only
+/// order queues when a task yields, and a catch-up fetch CRC-checks and sends 16 MiB (~10 ms
+/// of CPU) with `yield_if_needed` points that a 100 ms timer never fires at. While a fetch is
+/// active every queue is preempted after this long, so appends of this core wait at most about
+/// this long behind fetch work.
+pub const FETCH_PREEMPT: std::time::Duration = std::time::Duration::from_micros(500);
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
@@ -104,7 +111,7 @@ impl Core {
         let shards = config.cores as u32;
         let fetch_queue = glommio::executor().create_task_queue(
             glommio::Shares::Static(FETCH_SHARES),
-            glommio::Latency::NotImportant,
+            glommio::Latency::Matters(FETCH_PREEMPT),
             "fetch",
         );
         Core {

@@ -235,6 +235,9 @@ async fn read_on_owner(parts: Vec<(usize, QueueId, i64, usize)>, limit: usize) -
             }
         }
         out.push(r);
+        // A partition's batches came from cache without an await: let this core's appends
+        // run between partitions once the fetch queue's slice is up (core::FETCH_PREEMPT).
+        glommio::yield_if_needed().await;
     }
     out
 }

@@ -693,7 +693,7 @@ impl Inner {
     /// Reads the planned batches still missing from `batches` from the log (runs of uncached
     /// entries in one segment together). A read that returns a prefix ends the result there.
     async fn read_uncached<T: From<Bytes>>(
-        &self,
+        self: &Rc<Self>,
         queue: QueueId,
         from: Offset,
         plan: &ReadPlan,

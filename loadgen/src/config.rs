@@ -144,6 +144,14 @@ pub struct Args {
     #[arg(long, default_value_t = 8 << 20, value_parser = parse_fetch_bytes)]
     pub fetch_max_bytes: usize,
 
+    /// Count each fetch response's records before sending the next fetch (the loadgen before
+    /// session 4). By default a consumer advances its positions from the batch headers, sends
+    /// the next fetch, and counts the records (CRC, record walk, latency) while the broker
+    /// serves it, as librdkafka's fetcher runs ahead of the application; one fetch is in
+    /// flight per broker either way.
+    #[arg(long)]
+    pub serial_fetch: bool,
+
     /// Write a JSON report (configuration, tool version, machine, results) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -214,6 +222,7 @@ impl Args {
             "drain_timeout_s": self.drain_timeout.as_secs_f64(),
             "fetch_max_wait_ms": self.fetch_max_wait_ms,
             "fetch_max_bytes": self.fetch_max_bytes,
+            "serial_fetch": self.serial_fetch,
             "embedded": self.embedded,
             "raw_baseline_s": self.raw_baseline.map(|d| d.as_secs_f64()),
             "broker_cores": self.broker_cores,

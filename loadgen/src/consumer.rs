@@ -10,11 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
+use ringmq_wire::record_batch;
 
 use crate::client::cluster::connect_any;
 use crate::client::cluster::{list_offsets, topic_name};
-use crate::client::conn::{with_timeout, ClientError, Conn};
+use crate::client::conn::{decode_response, encode, with_timeout, ClientError, Conn};
 use crate::client::group::{Beat, Member, HEARTBEAT_INTERVAL};
 use crate::client::records::{read_batches, stamp_of};
 use crate::clock::now_ns;
@@ -146,6 +147,8 @@ pub async fn fetch_loop(ctx: Rc<CoreCtx>, addr: String, mut positions: Vec<Posit
     // Log end offsets to reach, known once the producers are done.
     let mut targets: Option<Vec<i64>> = None;
     let mut drain_deadline: Option<u64> = None;
+    // The last response, positions advanced, records not yet counted (see `fetch_once`).
+    let mut uncounted: Option<Received> = None;
     loop {
         if conn.is_none() {
             match Conn::connect(&addr, ctx.args.request_timeout).await {
@@ -165,7 +168,7 @@ pub async fn fetch_loop(ctx: Rc<CoreCtx>, addr: String, mut positions: Vec<Posit
         if done(&ctx, c, &positions, &mut targets, &mut drain_deadline).await {
             break;
         }
-        match fetch_once(&ctx, c, &mut positions).await {
+        match fetch_once(&ctx, c, &mut positions, &mut uncounted).await {
             Ok(true) => {}
             Ok(false) => glommio::timer::sleep(RETRY_BACKOFF).await, // partition errors
             Err(e) => {
@@ -174,6 +177,15 @@ pub async fn fetch_loop(ctx: Rc<CoreCtx>, addr: String, mut positions: Vec<Posit
                 glommio::timer::sleep(RETRY_BACKOFF).await;
             }
         }
+    }
+    if let Some(last) = uncounted.take() {
+        count(&ctx, last);
+    }
+    // `--until-end`: caught up once the last response is counted.
+    if ctx.ends.is_some() {
+        ctx.shared
+            .caught_up_ns
+            .fetch_max(now_ns(), Ordering::AcqRel);
     }
     if let (Some(targets), true) = (targets, drain_deadline.is_some()) {
         let missing: i64 = positions
@@ -245,8 +257,8 @@ async fn done(
     reached || past(ctx, *drain_deadline)
 }
 
-/// `--until-end`: done once every position reached the end offset found at setup (noting
-/// when, for the catch-up time), or at the window's end (the rest then counts as unread).
+/// `--until-end`: done once every position reached the end offset found at setup, or at the
+/// window's end (the rest then counts as unread).
 fn reached_ends(
     ctx: &CoreCtx,
     positions: &[Position],
@@ -261,28 +273,35 @@ fn reached_ends(
             .collect()
     });
     *drain_deadline = Some(ctx.window.end_ns);
-    let now = now_ns();
-    if positions
+    // The fetch loop notes the catch-up time once it has counted what it read.
+    positions
         .iter()
         .zip(mine.iter())
         .all(|(p, end)| p.offset >= *end)
-    {
-        ctx.shared.caught_up_ns.fetch_max(now, Ordering::AcqRel);
-        return true;
-    }
-    let out_of_time = now >= ctx.window.end_ns;
-    if out_of_time {
-        ctx.shared.caught_up_ns.fetch_max(now, Ordering::AcqRel);
-    }
-    out_of_time
+        || now_ns() >= ctx.window.end_ns
+}
+
+/// A fetch response whose positions have advanced (from its batch headers) but whose records
+/// are not counted yet.
+struct Received {
+    /// When the response arrived: the end of the end-to-end latency of its records.
+    at_ns: u64,
+    /// Per partition: the fetch offset and the record bytes.
+    parts: Vec<(i32, i64, bytes::Bytes)>,
 }
 
 /// One fetch request and the bookkeeping of its response; `Ok(false)` when a partition
-/// answered with an error (the caller backs off).
+/// answered with an error or unreadable bytes (the caller backs off).
+///
+/// Pipelined (the default): the positions advance from the response's batch headers alone,
+/// and its records are counted (CRC check, record walk, latencies) after the NEXT fetch is
+/// sent, while the broker serves it, so a catch-up measures the broker rather than the
+/// loadgen's per-record work added to it. `--serial-fetch` counts them before returning.
 async fn fetch_once(
     ctx: &CoreCtx,
     conn: &mut Conn,
     positions: &mut [Position],
+    uncounted: &mut Option<Received>,
 ) -> Result<bool, ClientError> {
     let args = &ctx.args;
     let partition_max = (args.fetch_max_bytes / positions.len().max(1))
@@ -311,21 +330,35 @@ async fn fetch_once(
             .with_topic(topic_name(&ctx.cluster.topic))
             .with_topic_id(ctx.cluster.topic_id)
             .with_partitions(parts)]);
+    let version = conn.version(ApiKey::Fetch)?;
+    let cid = conn.next_cid();
+    let out = encode(cid, version, &req)?;
     let wait = args.request_timeout + Duration::from_millis(args.fetch_max_wait_ms.max(0) as u64);
-    let resp: FetchResponse = with_timeout(wait, "a fetch response", conn.call(&req)).await?;
+    let mut clean = true;
+    let exchange = async {
+        conn.write(&out).await?;
+        if let Some(prev) = uncounted.take() {
+            clean &= count(ctx, prev);
+        }
+        conn.read_frame().await
+    };
+    let frame = with_timeout(wait, "a fetch response", exchange).await?;
+    let resp: FetchResponse = decode_response::<FetchRequest>(frame, version, cid, conn.addr())?;
     if resp.throttle_time_ms > 0 {
         ctx.error(ErrorKind::Throttled);
     }
     if resp.error_code != 0 {
         return Err(ClientError::broker("fetch", resp.error_code));
     }
-    let now = now_ns();
-    let mut clean = true;
-    for topic in &resp.responses {
+    let mut got = Received {
+        at_ns: now_ns(),
+        parts: Vec::new(),
+    };
+    for topic in resp.responses {
         if topic.topic.0.as_str() != ctx.cluster.topic && topic.topic_id != ctx.cluster.topic_id {
             continue;
         }
-        for part in &topic.partitions {
+        for part in topic.partitions {
             let Some(pos) = positions
                 .iter_mut()
                 .find(|p| p.partition == part.partition_index)
@@ -342,20 +375,61 @@ async fn fetch_once(
                 }
                 continue;
             }
-            let Some(data) = part.records.as_ref() else {
+            let Some(data) = part.records else {
                 continue;
             };
-            clean &= consume(ctx, pos, data, now);
+            let from = pos.offset;
+            match next_offset(&data) {
+                Ok(Some(next)) => {
+                    pos.offset = pos.offset.max(next);
+                    ctx.set_position(pos.partition, pos.offset);
+                }
+                Ok(None) => {}
+                Err(()) => {
+                    ctx.error(ErrorKind::Protocol);
+                    clean = false;
+                    continue;
+                }
+            }
+            got.parts.push((pos.partition, from, data));
         }
+    }
+    if args.serial_fetch {
+        clean &= count(ctx, got);
+    } else {
+        *uncounted = Some(got);
     }
     Ok(clean)
 }
 
+/// The offset after the last batch of one partition's fetched bytes, from the batch headers
+/// alone (no CRC, no records: `count` checks those); None when they hold no whole batch.
+/// Err when a batch header is unreadable.
+fn next_offset(data: &[u8]) -> Result<Option<i64>, ()> {
+    let mut next = None;
+    for range in record_batch::split_batches(data) {
+        // A trailing partial batch (cut by the fetch's byte limit) ends the whole ones.
+        let Ok(range) = range else { break };
+        let header = record_batch::BatchHeader::parse(&data[range]).map_err(|_| ())?;
+        next = Some(header.last_offset() + 1);
+    }
+    Ok(next)
+}
+
+/// Counts the records of a response and records their end-to-end latency. Returns false when
+/// a partition's bytes could not be read (checked by CRC and record walk here).
+fn count(ctx: &CoreCtx, got: Received) -> bool {
+    let mut clean = true;
+    for (_, from, data) in &got.parts {
+        clean &= consume(ctx, *from, data, got.at_ns);
+    }
+    clean
+}
+
 /// Counts the records of one partition's fetched bytes and records their end-to-end latency.
-/// Returns false when the bytes could not be read (the position stays; the caller backs off).
-fn consume(ctx: &CoreCtx, pos: &mut Position, data: &[u8], now: u64) -> bool {
+fn consume(ctx: &CoreCtx, from: i64, data: &[u8], now: u64) -> bool {
     // As for produce: latency by intended time, throughput by the time of reading.
-    let summary = read_batches(data, pos.offset, |_, value| {
+    let summary = read_batches(data, from, |_, value| {
         if let Some(intended) = stamp_of(value) {
             let m = ctx.window.measures(intended);
             ctx.record(Kind::EndToEnd, now.saturating_sub(intended), m);
@@ -363,10 +437,6 @@ fn consume(ctx: &CoreCtx, pos: &mut Position, data: &[u8], now: u64) -> bool {
     });
     match summary {
         Ok(s) => {
-            if let Some(next) = s.next_offset {
-                pos.offset = pos.offset.max(next);
-                ctx.set_position(pos.partition, pos.offset);
-            }
             ctx.shared.consumed.add(s.records, s.value_bytes);
             if ctx.window.measures(now) {
                 ctx.shared.consumed_measured.add(s.records, s.value_bytes);

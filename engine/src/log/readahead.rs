@@ -13,7 +13,8 @@
 //!  entries        | hdr batch | hdr batch | hdr ba|tch | hdr batch |        (64-byte headers)
 //!  a read         needs chunks k..=m, loads the missing ones (at most MAX_CHUNK_READS_IN_FLIGHT
 //!                 per shard), then queues READAHEAD_CHUNKS beyond m for background reads
-//!                 (at most MAX_READAHEAD_IN_FLIGHT at a time, on their own read slots)
+//!                 (on their own read slots: MAX_READAHEAD_IN_FLIGHT at a time while the log
+//!                 writes, MAX_READAHEAD_IN_FLIGHT_IDLE while it does not)
 //!  batches        slices of a chunk; a batch that straddles chunks is copied into one buffer
 //! ```
 //!
@@ -26,24 +27,30 @@
 //!   index, CRC-32C over header and payload) before it leaves the engine: a flipped bit in a
 //!   chunk is `Corrupt`, never served.
 //! - Memory: at most [`MAX_CACHED_CHUNKS`] chunks in the cache, [`MAX_CHUNK_READS_IN_FLIGHT`]
-//!   demand reads and [`MAX_READAHEAD_IN_FLIGHT`] readahead reads in flight; batches handed
-//!   out keep their chunk alive until the caller drops them.
+//!   demand reads and [`MAX_READAHEAD_IN_FLIGHT_IDLE`] readahead reads in flight; batches
+//!   handed out keep their chunk alive until the caller drops them.
 //! - Disk queue: demand and readahead have separate read slots, so queued readahead never
 //!   takes a slot a demand read needs (a read that needs a chunk already queued for
-//!   readahead waits for that read), and the shard's readers keep at most
-//!   `MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT` 1 MiB reads in front of its own
-//!   log writes; at most [`MAX_LOADING_CHUNKS`] chunks are queued or being read.
+//!   readahead waits for that read). A readahead read starts only while fewer than
+//!   [`MAX_READAHEAD_IN_FLIGHT`] are in flight, or fewer than
+//!   [`MAX_READAHEAD_IN_FLIGHT_IDLE`] while the log has no write or fdatasync in flight: the
+//!   shard's readers keep at most `MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT_IDLE`
+//!   1 MiB reads in front of its own log writes, and start no more than
+//!   `MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT` while those are in flight; at most
+//!   [`MAX_LOADING_CHUNKS`] chunks are queued or being read.
 //!
 //! Not durable: a cache of bytes already in the log; empty after a restart.
 
 use super::reader::{check_entry, EntryLoc};
 use super::Segment;
+use crate::commit::Event;
+use crate::shard::Inner;
 use crate::EngineError;
 use bytes::{Bytes, BytesMut};
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 /// Size of one readahead read (and cache unit). Large enough that the disk streams (1 MiB
 /// direct reads reached the disk's sequential rate here), small enough to slice without waste.
@@ -59,11 +66,20 @@ pub(crate) const MAX_CACHED_CHUNKS: usize = 48;
 pub(crate) const MAX_CHUNK_READS_IN_FLIGHT: usize = 1;
 /// Chunks queued for reading ahead of the last one a read needed: about what one fetch of 16
 /// interleaved queues spans, so the next fetch finds its chunks read while this one is sent
-/// (a consumer has one fetch in flight; without this the disk idles while it is sent).
+/// (a consumer has one fetch in flight; without this the disk idles while it is sent). Two
+/// fetches' span (32, with 64 cached chunks) read no faster in session 4 (760-856 against
+/// 770-803 MB/s): with 4 reads in flight the device itself was the limit.
 pub(crate) const READAHEAD_CHUNKS: u64 = 16;
-/// Readahead reads in flight per shard (their own slots, beside the demand reads'; see
-/// [`MAX_CHUNK_READS_IN_FLIGHT`] for the trade-off).
+/// Readahead reads in flight per shard while the log is writing (a write or fdatasync in
+/// flight): their own slots, beside the demand reads' (see [`MAX_CHUNK_READS_IN_FLIGHT`]
+/// for the trade-off against appends).
 pub(crate) const MAX_READAHEAD_IN_FLIGHT: usize = 1;
+/// Readahead reads in flight per shard while the log is idle (no write or fdatasync in
+/// flight): with nothing of the log's own to delay, the disk is kept busy. A 1 MiB read is
+/// two 512 KiB device requests of ~1 ms here, and with one read in flight the disk was busy
+/// only ~60% of a catch-up (BENCHMARKS.md, Session 4 consume). A read already issued when
+/// appends resume still delays them: at most this many, then one at a time again.
+pub(crate) const MAX_READAHEAD_IN_FLIGHT_IDLE: usize = 4;
 /// Chunks marked as being read (queued or in flight) per shard, beyond which no more
 /// readahead is queued: many catch-up readers at different positions cannot pile up reads.
 pub(crate) const MAX_LOADING_CHUNKS: usize = 64;
@@ -75,14 +91,17 @@ const _: () = assert!(CHUNK_BYTES % crate::io::BLOCK_BYTES == 0);
 const _: () = assert!(MAX_CHUNKS_PER_READ <= MAX_CACHED_CHUNKS);
 // Zero slots would leave queued chunks unread and their readers waiting forever.
 const _: () = assert!(MAX_CHUNK_READS_IN_FLIGHT > 0 && MAX_READAHEAD_IN_FLIGHT > 0);
+const _: () = assert!(MAX_READAHEAD_IN_FLIGHT_IDLE >= MAX_READAHEAD_IN_FLIGHT);
 
 /// The per-shard chunk cache.
 pub(crate) struct ChunkCache {
     state: RefCell<CacheState>,
     /// Read slots: one permit per demand chunk read in flight.
     reads: Rc<Semaphore>,
-    /// Read slots of readahead.
-    ahead: Rc<Semaphore>,
+    /// Readahead reads in flight (see [`AheadSlot`]).
+    ahead_running: Cell<usize>,
+    /// Notified whenever a readahead read ends (a waiting one may start).
+    ahead_done: Event,
     /// Chunk reads issued (tests and metrics).
     pub reads_issued: Cell<u64>,
 }
@@ -101,7 +120,8 @@ impl ChunkCache {
         ChunkCache {
             state: RefCell::new(CacheState::default()),
             reads: Rc::new(Semaphore::new(MAX_CHUNK_READS_IN_FLIGHT as u64)),
-            ahead: Rc::new(Semaphore::new(MAX_READAHEAD_IN_FLIGHT as u64)),
+            ahead_running: Cell::new(0),
+            ahead_done: Event::default(),
             reads_issued: Cell::new(0),
         }
     }
@@ -152,6 +172,7 @@ impl ChunkCache {
 /// [`MAX_CHUNKS_PER_READ`] chunks.
 pub(crate) async fn read_entries_ahead(
     cache: &Rc<ChunkCache>,
+    log: &Weak<Inner>,
     seg: &Rc<Segment>,
     locs: &[EntryLoc],
     written: u64,
@@ -200,7 +221,7 @@ pub(crate) async fn read_entries_ahead(
         chunks.insert(start, task.await?);
     }
     if let Some(&last) = needed.last() {
-        read_ahead(cache, seg, last, limit);
+        read_ahead(cache, log, seg, last, limit);
     }
     // Verifying is a CRC over every byte (up to MAX_CHUNKS_PER_READ MiB): let the executor
     // run other tasks (appends of the same core) between entries when its time slice is up.
@@ -324,7 +345,7 @@ async fn load(
 /// nor being read), in the background on the readahead slots. A chunk is marked as being read
 /// from the moment it is queued, so a demand read of it waits for it instead of reading it
 /// twice.
-fn read_ahead(cache: &Rc<ChunkCache>, seg: &Rc<Segment>, last: u64, limit: u64) {
+fn read_ahead(cache: &Rc<ChunkCache>, log: &Weak<Inner>, seg: &Rc<Segment>, last: u64, limit: u64) {
     for i in 1..=READAHEAD_CHUNKS {
         let start = last + i * CHUNK_BYTES;
         let end = (start + CHUNK_BYTES).min(seg.end());
@@ -340,10 +361,10 @@ fn read_ahead(cache: &Rc<ChunkCache>, seg: &Rc<Segment>, last: u64, limit: u64) 
                 continue;
             }
         }
-        let (cache, seg) = (cache.clone(), seg.clone());
+        let (cache, log, seg) = (cache.clone(), log.clone(), seg.clone());
         let guard = Loading::begin(&cache, start);
         glommio::spawn_local(async move {
-            let Ok(_permit) = cache.ahead.acquire_permit(1).await else {
+            let Some(_slot) = AheadSlot::take(&cache, &log).await else {
                 return;
             };
             // A failed readahead is forgotten: the demand read will fail and report it.
@@ -351,6 +372,46 @@ fn read_ahead(cache: &Rc<ChunkCache>, seg: &Rc<Segment>, last: u64, limit: u64) 
             drop(guard);
         })
         .detach();
+    }
+}
+
+/// One readahead read in flight. [`MAX_READAHEAD_IN_FLIGHT`] are always allowed, up to
+/// [`MAX_READAHEAD_IN_FLIGHT_IDLE`] while the log has no write or fdatasync in flight.
+struct AheadSlot {
+    cache: Rc<ChunkCache>,
+}
+
+impl AheadSlot {
+    /// Waits for a slot; None if the shard is gone (nothing left to read for).
+    async fn take(cache: &Rc<ChunkCache>, log: &Weak<Inner>) -> Option<AheadSlot> {
+        loop {
+            let inner = log.upgrade()?;
+            // Listeners first, then the check (no lost wake-ups).
+            let ended = cache.ahead_done.listen();
+            let changed = inner.gc.progress.listen();
+            let allowed = if inner.gc.quiescent() {
+                MAX_READAHEAD_IN_FLIGHT_IDLE
+            } else {
+                MAX_READAHEAD_IN_FLIGHT
+            };
+            let running = cache.ahead_running.get();
+            if running < allowed {
+                cache.ahead_running.set(running + 1);
+                return Some(AheadSlot {
+                    cache: cache.clone(),
+                });
+            }
+            // A read ended, or the log's writes moved (it may be idle now).
+            futures_lite::future::or(ended, changed).await;
+        }
+    }
+}
+
+impl Drop for AheadSlot {
+    fn drop(&mut self) {
+        let c = &self.cache;
+        c.ahead_running.set(c.ahead_running.get().saturating_sub(1));
+        c.ahead_done.notify();
     }
 }
 
@@ -502,6 +563,40 @@ mod tests {
             let y = s.read(QueueId(0), Offset(0), 1).await.unwrap().batches;
             assert_eq!(x[0].as_ptr(), y[0].as_ptr());
             assert!(s.inner.chunks.cached_chunks() <= MAX_CACHED_CHUNKS);
+        });
+    }
+
+    #[test]
+    fn readahead_slots_are_bounded_while_the_log_is_idle() {
+        // Catches: a gate that never goes deeper than one read while the log is idle (the
+        // catch-up speed-up lost), one that hands out more than its bound, and a waiting read
+        // that is not woken when a slot is given back (readahead stalls for good).
+        run(|| async {
+            let io = MemStorage::new();
+            let s = open(&cfg("/rg", BacklogRead::Readahead), &io).await;
+            let log = Rc::downgrade(&s.inner);
+            let cache = s.inner.chunks.clone();
+            assert!(s.inner.gc.quiescent());
+            let mut held = Vec::new();
+            for _ in 0..MAX_READAHEAD_IN_FLIGHT_IDLE {
+                let slot = futures_lite::future::poll_once(Box::pin(AheadSlot::take(&cache, &log)))
+                    .await
+                    .expect("an idle log's slot is free at once")
+                    .expect("the shard is open");
+                held.push(slot);
+            }
+            let mut more = Box::pin(AheadSlot::take(&cache, &log));
+            assert!(
+                futures_lite::future::poll_once(&mut more).await.is_none(),
+                "a readahead slot past the bound"
+            );
+            held.pop();
+            let got = futures_lite::future::poll_once(&mut more).await;
+            assert!(matches!(got, Some(Some(_))), "not woken by a freed slot");
+            assert_eq!(cache.ahead_running.get(), MAX_READAHEAD_IN_FLIGHT_IDLE);
+            drop(got);
+            drop(held);
+            assert_eq!(cache.ahead_running.get(), 0);
         });
     }
 

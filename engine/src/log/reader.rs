@@ -22,7 +22,7 @@ impl Inner {
     /// (never none). A read that failed because retention deleted the segment meanwhile is
     /// reported as the offset being out of range, as it would be if the read came later.
     pub(crate) async fn read_backlog(
-        &self,
+        self: &Rc<Self>,
         queue: QueueId,
         from: Offset,
         seg: &Rc<Segment>,
@@ -31,7 +31,8 @@ impl Inner {
         let got = match self.cfg.backlog_read {
             // Sendfile mode reads (batches near the tail, `Shard::read`) as readahead does.
             BacklogRead::Readahead | BacklogRead::Sendfile => {
-                read_entries_ahead(&self.chunks, seg, locs, self.gc.written()).await
+                let log = Rc::downgrade(self);
+                read_entries_ahead(&self.chunks, &log, seg, locs, self.gc.written()).await
             }
             BacklogRead::Direct => read_entries(seg, locs).await,
         };
