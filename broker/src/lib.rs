@@ -23,6 +23,7 @@ pub mod errors;
 pub mod fetch;
 pub mod group;
 pub mod groups;
+mod iov;
 pub mod iowq;
 pub mod mesh;
 pub mod metadata;

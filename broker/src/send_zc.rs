@@ -36,6 +36,7 @@
 //! counted in [`ZcStats::copied`]): see kernel-notes/send-zc.md for what this mode costs here.
 
 use crate::config::FetchSend;
+use crate::iov;
 use crate::sendfile::{self, ReadAhead, Run};
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -66,8 +67,6 @@ const ZC_SLOTS: usize = ZC_PINNED_BYTES_PER_THREAD / ZC_SLOT_BYTES;
 pub const ZC_BUDGET_WAIT: Duration = Duration::from_millis(200);
 /// Bytes one SENDMSG_ZC carries at most (larger `Bytes` are sliced).
 const ZC_GROUP_BYTES: usize = 1 << 20;
-/// iovecs per SENDMSG_ZC.
-const MAX_IOVECS: usize = 64;
 /// Submission queue: one send or read (or cancel) at a time.
 const RING_ENTRIES: u32 = 8;
 /// Completion queue: room for the notifications of everything the budget can pin.
@@ -705,7 +704,7 @@ impl Sender {
     }
 
     /// Sends a run of in-memory parts in groups of at most [`ZC_GROUP_BYTES`] and
-    /// [`MAX_IOVECS`] pieces, one SENDMSG_ZC per group.
+    /// [`iov::MAX_IOVECS`] pieces, one SENDMSG_ZC per group.
     fn send_run(
         &mut self,
         sock: &OwnedFd,
@@ -727,7 +726,7 @@ impl Sender {
             bytes += piece.len();
             group.push(piece);
             let last = pieces.peek().is_none();
-            if last || bytes >= ZC_GROUP_BYTES || group.len() == MAX_IOVECS {
+            if last || bytes >= ZC_GROUP_BYTES || group.len() == iov::MAX_IOVECS {
                 self.send_group(
                     sock,
                     std::mem::take(&mut group),
@@ -756,13 +755,7 @@ impl Sender {
         }
         // The iovecs point at the Bytes' heap memory, which stays where it is while the
         // ledger holds the clones.
-        let iovecs: Vec<libc::iovec> = group
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
+        let iovecs = iov::iovecs(group.iter().map(|b| &b[..]));
         let id = self.ledger.pin(bytes, Held::Bytes(group))?;
         self.send_pinned(sock, id, Target::Iovecs(&iovecs), bytes, more, stall)
     }
@@ -844,7 +837,7 @@ impl Sender {
                         .build()
                 }
                 Target::Iovecs(all) => {
-                    iov = iovecs_from(all, sent);
+                    iov = iov::iovecs_from(all, sent, iov::MAX_IOVECS);
                     msg.msg_iov = iov.as_mut_ptr();
                     msg.msg_iovlen = iov.len();
                     opcode::SendMsgZc::new(fd, &msg)
@@ -1053,24 +1046,6 @@ impl Drop for Sender {
     }
 }
 
-/// The iovecs of `all` after skipping `sent` bytes.
-fn iovecs_from(all: &[libc::iovec], mut sent: usize) -> Vec<libc::iovec> {
-    let mut out = Vec::with_capacity(all.len());
-    for v in all {
-        if sent >= v.iov_len {
-            sent -= v.iov_len;
-            continue;
-        }
-        out.push(libc::iovec {
-            // SAFETY (pointer arithmetic): sent < iov_len, inside the buffer.
-            iov_base: unsafe { (v.iov_base as *mut u8).add(sent) } as *mut libc::c_void,
-            iov_len: v.iov_len - sent,
-        });
-        sent = 0;
-    }
-    out
-}
-
 fn no_slots() -> io::Error {
     io::Error::other("zero-copy read slots missing")
 }
@@ -1206,31 +1181,6 @@ mod tests {
             Some(Completion::Cancel)
         );
         assert_eq!(decode(9 << 32, 0, 0), None);
-    }
-
-    /// Catches: a resumed partial send re-sending or skipping bytes across iovec borders.
-    #[test]
-    fn iovecs_resume_after_a_partial_send() {
-        let a = [1u8; 10];
-        let b = [2u8; 5];
-        let all = [
-            libc::iovec {
-                iov_base: a.as_ptr() as *mut libc::c_void,
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            },
-        ];
-        let rest = iovecs_from(&all, 12);
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].iov_len, 3);
-        assert_eq!(rest[0].iov_base as usize, b.as_ptr() as usize + 2);
-        let rest = iovecs_from(&all, 3);
-        assert_eq!(rest.len(), 2);
-        assert_eq!(rest[0].iov_len, 7);
-        assert!(iovecs_from(&all, 15).is_empty());
     }
 
     /// Catches: a piece split at a slot border losing, repeating or misplacing bytes (file

@@ -32,6 +32,7 @@
 //!   never advises past the engine's tail margin.
 
 use crate::config::FetchSend;
+use crate::iov;
 use glommio::sync::Semaphore;
 use glommio::{CpuSet, PoolPlacement};
 use ringmq_engine::{FileRange, Part};
@@ -46,8 +47,6 @@ pub const BLOCKING_THREADS_PER_CORE: usize = 4;
 pub const MAX_FILE_SENDS_PER_CORE: usize = BLOCKING_THREADS_PER_CORE - 1;
 /// A response send that makes no progress this long fails and the connection closes.
 pub const FILE_SEND_STALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// iovecs per `sendmsg` (well under the kernel's IOV_MAX of 1024).
-const MAX_IOVECS: usize = 64;
 /// Page-cache reads a send keeps requested ahead of the end of the range it is sending.
 /// Bounded so the log's writes never queue behind a deep pile of reads: advising a whole
 /// response's span (16-32 MiB) at once read as fast but delayed appends on the same core by
@@ -203,49 +202,19 @@ pub(crate) fn send_bytes(
     stall: Duration,
 ) -> io::Result<()> {
     let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
-    let (mut k, mut at) = (0usize, 0usize);
+    // Point into `bufs`, alive and unchanged across every call below.
+    let all = iov::iovecs(bufs.iter().copied());
+    let len = iov::total(&all);
+    let mut sent = 0;
     let mut progress = Instant::now();
-    while k < bufs.len() {
-        let iov: Vec<libc::iovec> = std::iter::once(&bufs[k][at..])
-            .chain(bufs[k + 1..].iter().copied())
-            .filter(|b| !b.is_empty())
-            .take(MAX_IOVECS)
-            .map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
-        if iov.is_empty() {
-            return Ok(());
-        }
-        // SAFETY: a zeroed msghdr is valid; iov points at `iov`, alive across the call, whose
-        // entries point into `bufs`, alive and unchanged across the call.
-        let n = unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-            msg.msg_iovlen = iov.len();
-            libc::sendmsg(sock.as_raw_fd(), &msg, flags)
-        };
-        if n < 0 {
-            retry_or_fail(sock, &mut progress, stall)?;
-            continue;
-        }
-        progress = Instant::now();
-        let mut n = n as usize;
-        while n > 0 && k < bufs.len() {
-            let left = bufs[k].len() - at;
-            if n >= left {
-                n -= left;
-                k += 1;
-                at = 0;
-            } else {
-                at += n;
-                n = 0;
+    while sent < len {
+        let rest = iov::iovecs_from(&all, sent, iov::MAX_IOVECS);
+        match iov::sendmsg(sock.as_raw_fd(), &rest, flags) {
+            Ok(n) => {
+                sent += n;
+                progress = Instant::now();
             }
-        }
-        while k < bufs.len() && bufs[k].len() == at {
-            k += 1;
-            at = 0;
+            Err(e) => retry_or_fail_on(sock, e, &mut progress, stall)?,
         }
     }
     Ok(())
