@@ -1054,20 +1054,7 @@ fn no_slots() -> io::Error {
 /// unacknowledged data, and with it its references to pinned pages, instead of retrying it
 /// for minutes to a peer that stopped reading. Best effort.
 fn abort_on_close(sock: &OwnedFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `linger` (of the size passed) during the call only.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
 #[cfg(test)]

@@ -93,7 +93,8 @@ pub async fn send_parts(sock: RawFd, parts: Vec<Part>, send: FetchSend) -> io::R
     }
     // SAFETY: `fd` was just returned by dup and is owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_send_timeout(&sock, FILE_SEND_STALL_TIMEOUT)?;
+    // Bounds a blocking send (glommio's own sends never block, so only ours see it).
+    socket2::SockRef::from(&sock).set_write_timeout(Some(FILE_SEND_STALL_TIMEOUT))?;
     glommio::executor()
         .spawn_blocking(move || match send {
             FetchSend::Copy => send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT),
@@ -291,26 +292,4 @@ pub(crate) fn stalled() -> io::Error {
         io::ErrorKind::TimedOut,
         format!("no send progress for {FILE_SEND_STALL_TIMEOUT:?}"),
     )
-}
-
-/// Bounds a blocking send on the socket (glommio's own sends never block, so only ours see it).
-fn set_send_timeout(sock: &OwnedFd, t: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: libc::suseconds_t::from(t.subsec_micros() as i32),
-    };
-    // SAFETY: setsockopt reads `tv` (a timeval of the size passed) during the call only.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -481,6 +481,9 @@ impl Inner {
             t.cancel();
         }
         self.gc.kick.notify();
+        // Readahead reads waiting for a slot hold the shard while they wait: let them see it
+        // stopped and end.
+        self.chunks.ahead_done.notify();
     }
 
     /// Takes the append lock (log order is decided under it), then checks that the shard still

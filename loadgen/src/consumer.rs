@@ -287,7 +287,7 @@ struct Received {
     /// When the response arrived: the end of the end-to-end latency of its records.
     at_ns: u64,
     /// Per partition: the fetch offset and the record bytes.
-    parts: Vec<(i32, i64, bytes::Bytes)>,
+    parts: Vec<(i64, bytes::Bytes)>,
 }
 
 /// One fetch request and the bookkeeping of its response; `Ok(false)` when a partition
@@ -391,7 +391,7 @@ async fn fetch_once(
                     continue;
                 }
             }
-            got.parts.push((pos.partition, from, data));
+            got.parts.push((from, data));
         }
     }
     if args.serial_fetch {
@@ -420,7 +420,7 @@ fn next_offset(data: &[u8]) -> Result<Option<i64>, ()> {
 /// a partition's bytes could not be read (checked by CRC and record walk here).
 fn count(ctx: &CoreCtx, got: Received) -> bool {
     let mut clean = true;
-    for (_, from, data) in &got.parts {
+    for (from, data) in &got.parts {
         clean &= consume(ctx, *from, data, got.at_ns);
     }
     clean

@@ -101,7 +101,7 @@ pub(crate) struct ChunkCache {
     /// Readahead reads in flight (see [`AheadSlot`]).
     ahead_running: Cell<usize>,
     /// Notified whenever a readahead read ends (a waiting one may start).
-    ahead_done: Event,
+    pub(crate) ahead_done: Event,
     /// Chunk reads issued (tests and metrics).
     pub reads_issued: Cell<u64>,
 }
@@ -385,7 +385,8 @@ impl AheadSlot {
     /// Waits for a slot; None if the shard is gone (nothing left to read for).
     async fn take(cache: &Rc<ChunkCache>, log: &Weak<Inner>) -> Option<AheadSlot> {
         loop {
-            let inner = log.upgrade()?;
+            // A stopped shard wakes its waiters (`Inner::stop`); this one then lets go of it.
+            let inner = log.upgrade().filter(|i| !i.stopped())?;
             // Listeners first, then the check (no lost wake-ups).
             let ended = cache.ahead_done.listen();
             let changed = inner.gc.progress.listen();
@@ -597,6 +598,39 @@ mod tests {
             drop(got);
             drop(held);
             assert_eq!(cache.ahead_running.get(), 0);
+        });
+    }
+
+    #[test]
+    fn a_readahead_waiting_for_a_slot_ends_when_the_shard_stops() {
+        // Catches: a waiting readahead read that keeps the stopped shard (its state, cache
+        // and files) alive for as long as no slot frees up, possibly forever.
+        run(|| async {
+            let io = MemStorage::new();
+            let s = open(&cfg("/rs", BacklogRead::Readahead), &io).await;
+            let log = Rc::downgrade(&s.inner);
+            let cache = s.inner.chunks.clone();
+            let mut held = Vec::new();
+            for _ in 0..MAX_READAHEAD_IN_FLIGHT_IDLE {
+                held.push(
+                    AheadSlot::take(&cache, &log)
+                        .await
+                        .expect("the shard is open"),
+                );
+            }
+            let mut waiting = Box::pin(AheadSlot::take(&cache, &log));
+            assert!(futures_lite::future::poll_once(&mut waiting)
+                .await
+                .is_none());
+            drop(s);
+            let got = futures_lite::future::poll_once(&mut waiting).await;
+            assert!(
+                matches!(got, Some(None)),
+                "still waiting on a stopped shard"
+            );
+            drop(waiting);
+            assert!(log.upgrade().is_none(), "the stopped shard is still held");
+            drop(held);
         });
     }
 
