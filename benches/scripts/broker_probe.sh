@@ -85,7 +85,7 @@ wait "$LG" || true
 tick_ms=$((1000 / $(getconf CLK_TCK)))
 enters=$(grep io_uring_enter "$OUT_DIR/perf.txt" | cut -d, -f1)
 parks=$(grep membarrier "$OUT_DIR/perf.txt" | cut -d, -f1)
-echo "$(jq -r '.results.produce | "\(.records_per_s | floor) rec/s p50 \(.latency.p50_us) p99 \(.latency.p99_us) p99.9 \(.latency.p999_us) us"' "$OUT_DIR/loadgen.json") |" \
+echo "$(jq -r '.results | "\(.produce.records_per_s | floor) rec/s p50 \(.produce.latency.p50_us) p99 \(.produce.latency.p99_us) p99.9 \(.produce.latency.p999_us) us (requests p50 \(.produce_request.p50_us // "-") p99 \(.produce_request.p99_us // "-"))"' "$OUT_DIR/loadgen.json") |" \
     "over ${ms} ms: executor cpu $(((r1 - r0) / 1000000)) ms, run-queue wait $(((w1 - w0) / 1000000)) ms," \
     "involuntary switches $((n1 - n0)); broker cpu $(((c1 - c0) * tick_ms)) ms; loadgen cpu $(((g1 - g0) * tick_ms)) ms;" \
     "io_uring_enter/s $((enters * 1000 / ms)), parks/s $((parks * 1000 / ms)) |" \

@@ -324,6 +324,8 @@ struct SentBatch {
 struct Pending {
     cid: i32,
     batches: Vec<SentBatch>,
+    /// When its write began (for [`Kind::Request`]).
+    sent_ns: u64,
     _permit: StaticPermit,
 }
 
@@ -498,6 +500,7 @@ impl ProducerConn {
                 self.pending.borrow_mut().push_back(Pending {
                     cid,
                     batches,
+                    sent_ns: now_ns(),
                     _permit: permit,
                 });
                 None
@@ -634,7 +637,11 @@ async fn read_responses(
             break ErrorKind::Protocol;
         };
         match decode_response::<ProduceRequest>(frame, version, p.cid, &addr) {
-            Ok(resp) => settle(&ctx, &p.batches, &resp, now),
+            Ok(resp) => {
+                let measured = ctx.window.measures(p.sent_ns);
+                ctx.record(Kind::Request, now.saturating_sub(p.sent_ns), measured);
+                settle(&ctx, &p.batches, &resp, now)
+            }
             Err(_) => {
                 fail_batches(&ctx, &p.batches, ErrorKind::Protocol);
                 break ErrorKind::Protocol;

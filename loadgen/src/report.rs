@@ -88,6 +88,9 @@ pub struct Results {
     pub bootstrap: String,
     pub measured_s: f64,
     pub produce: Option<Section>,
+    /// Produce request written → response read, per request (producers with acks 1 or all):
+    /// the part of `produce`'s latency spent outside the client.
+    pub produce_request: Option<Percentiles>,
     pub end_to_end: Option<Section>,
     pub consume: Option<Section>,
     /// Raw loopback TCP baseline (MB/s), when measured.
@@ -182,6 +185,7 @@ pub struct IntervalSummary {
     /// `None` where the interval recorded no sample of that kind.
     pub produce: Option<Percentiles>,
     pub e2e: Option<Percentiles>,
+    pub request: Option<Percentiles>,
 }
 
 impl IntervalSummary {
@@ -192,6 +196,7 @@ impl IntervalSummary {
             length_s: iv.length.as_secs_f64(),
             produce: summary(&iv.hists.produce),
             e2e: summary(&iv.hists.e2e),
+            request: summary(&iv.hists.request),
         }
     }
 }
@@ -243,6 +248,13 @@ pub fn table(r: &Results) -> String {
                     let _ = write!(out, " {:>9}", "-");
                 }
             }
+        }
+        out.push('\n');
+    }
+    if let Some(p) = &r.produce_request {
+        let _ = write!(out, "{:<12} {:>10} {:>12}", "  request", "-", "-");
+        for v in p.columns() {
+            let _ = write!(out, " {:>9}", fmt_us(v));
         }
         out.push('\n');
     }
@@ -362,7 +374,7 @@ pub struct Interval {
     pub hists: Hists,
 }
 
-/// Writes the HDR interval log: per interval, a `produce` and an `e2e` histogram (values in
+/// Writes the HDR interval log: per interval, a `produce`, an `e2e` and a `request` histogram (values in
 /// microseconds; the max column is divided by 1000 so it reads in milliseconds). Several runs
 /// (`--compare`) share one log: the intervals of run `n` > 0 are tagged `run<n>-produce` and
 /// `run<n>-e2e`, with start times relative to the first run.
@@ -392,7 +404,12 @@ pub fn write_hdr_log<W: std::io::Write>(
         };
         let offset = run_start.saturating_sub(base);
         for iv in intervals {
-            for (kind, h) in [("produce", &iv.hists.produce), ("e2e", &iv.hists.e2e)] {
+            let kinds = [
+                ("produce", &iv.hists.produce),
+                ("e2e", &iv.hists.e2e),
+                ("request", &iv.hists.request),
+            ];
+            for (kind, h) in kinds {
                 if h.is_empty() {
                     continue;
                 }
@@ -418,6 +435,7 @@ mod tests {
             bootstrap: "127.0.0.1:9092".into(),
             measured_s: 10.0,
             produce: Some(Section::new(100_000, 100_000_000, 10.0, Some(&h))),
+            produce_request: None,
             end_to_end: Some(Section::new(100_000, 100_000_000, 10.0, Some(&h))),
             consume: None,
             raw_mb_per_s: Some(1000.0),
@@ -448,6 +466,17 @@ mod tests {
         assert!(produce.contains("1.00ms"), "{t}");
         assert!(t.contains("errors: none") && !t.contains("FAILED"), "{t}");
         assert!(t.contains("(produce = 1.0% of raw)"), "{t}");
+        assert!(
+            !t.contains("request"),
+            "no request row without samples: {t}"
+        );
+        let mut with_requests = results();
+        let mut req = Hist::new();
+        req.record_ns(250_000);
+        with_requests.produce_request = Some(Percentiles::of(&req));
+        let t = table(&with_requests);
+        let row = t.lines().find(|l| l.trim_start().starts_with("request"));
+        assert!(row.is_some_and(|l| l.contains("250us")), "{t}");
         let mut bad = results();
         bad.errors.insert("timeout".into(), 3);
         bad.ok = false;

@@ -24,7 +24,7 @@ use crate::config::{Args, CoreList};
 use crate::consumer::{self, Position};
 use crate::ctx::{CoreCtx, CoreHists, Window};
 use crate::producer::{self, ProducerPlan};
-use crate::report::{Counts, Interval, Results, Section};
+use crate::report::{Counts, Interval, Percentiles, Results, Section};
 use crate::schedule::Schedule;
 use crate::stats::{Hists, Shared};
 
@@ -376,10 +376,12 @@ fn results(
     };
     let errors = shared.errors_snapshot();
     let ok = errors.is_empty() && counts.failed == 0 && counts.sent == counts.acknowledged;
+    let produce_request = (!totals.request.is_empty()).then(|| Percentiles::of(&totals.request));
     Results {
         bootstrap: bootstrap.to_owned(),
         measured_s: secs,
         produce,
+        produce_request,
         end_to_end,
         consume,
         raw_mb_per_s: None,

@@ -88,6 +88,11 @@ pub enum Kind {
     Produce,
     /// Intended send time → record read by a consumer.
     EndToEnd,
+    /// Produce request written → its response read: the broker's and the network's part of
+    /// [`Kind::Produce`], one sample per request (Kafka's producer metric `request-latency`).
+    /// What `Produce` adds to it is the record's wait in the client (linger, a free in-flight
+    /// slot).
+    Request,
 }
 
 impl Kind {
@@ -95,15 +100,17 @@ impl Kind {
         match self {
             Kind::Produce => "produce",
             Kind::EndToEnd => "e2e",
+            Kind::Request => "request",
         }
     }
 }
 
-/// A pair of histograms, one per [`Kind`].
+/// The histograms, one per [`Kind`].
 #[derive(Debug, Clone, Default)]
 pub struct Hists {
     pub produce: Hist,
     pub e2e: Hist,
+    pub request: Hist,
 }
 
 impl Hists {
@@ -111,18 +118,21 @@ impl Hists {
         match kind {
             Kind::Produce => &mut self.produce,
             Kind::EndToEnd => &mut self.e2e,
+            Kind::Request => &mut self.request,
         }
     }
 
     pub fn add(&mut self, other: &Hists) {
         self.produce.add(&other.produce);
         self.e2e.add(&other.e2e);
+        self.request.add(&other.request);
     }
 
     pub fn take(&mut self) -> Hists {
         Hists {
             produce: self.produce.take(),
             e2e: self.e2e.take(),
+            request: self.request.take(),
         }
     }
 }
@@ -289,10 +299,14 @@ mod tests {
         let mut a = Hists::default();
         a.produce.record_ns(1_000_000);
         a.e2e.record_ns(3_000_000);
+        a.request.record_ns(500_000);
         shared.publish_interval(&a);
         shared.publish_interval(&a);
         let taken = shared.take_interval();
-        assert_eq!((taken.produce.len(), taken.e2e.len()), (2, 2));
+        assert_eq!(
+            (taken.produce.len(), taken.e2e.len(), taken.request.len()),
+            (2, 2, 2)
+        );
         assert!(shared.take_interval().produce.is_empty());
         shared.error(ErrorKind::from_code(3), 2);
         shared.error(ErrorKind::Timeout, 1);
