@@ -15,7 +15,11 @@
 //! stopped competing (with the CRC shortcut of `format::entry`; 2026-11-21, see
 //! benches/README.md). So a zeroing write is issued only while no append write, no fdatasync
 //! and no staged data is pending; a busy log simply rolls onto a partly zeroed (still fully
-//! preallocated) segment.
+//! preallocated) segment. Measured again in session 5 (2026-11-22, benches/README.md): zeroing
+//! this file whenever fewer than 4 writes were in flight, or zeroing ahead of the write head in
+//! the active segment, both made 16 KiB Durable latency at half load worse (p99 1.5-1.7 ms ->
+//! 2.9-9.1 ms and 2.2 -> 3.6 ms), although appends into an already zeroed segment cut it (p50
+//! 0.33x, p99 0.58x): the zeros cost the device as much as the data they precede.
 //!
 //! Crash: a `.prep` file is not part of the log; recovery deletes any it finds. A segment's
 //! bytes past the log end may hold anything (FORMAT.md), so zeros, unwritten blocks or a mix
