@@ -12,7 +12,12 @@
 #      it again on the same data (the tail cache is empty after a restart, so every byte comes
 #      from disk) and read everything from the earliest offset with one consumer
 #      (`--until-end`). MB/s = value bytes read / time to read them; ratio = that / the median
-#      loopback baseline of this run. Broker CPU seconds per GiB read come from /proc (all
+#      loopback baseline of this run, and / the disk's own read rate: before each rep's
+#      catch-ups, `ringmq-disk-read` reads the backlog's segment files (page cache dropped
+#      before each shape) with O_DIRECT reads ($DISK_DEPTHS deep, of $DISK_READS) into 4 KiB
+#      pages and into huge pages (direct+thp: the engine's readahead buffers), and buffered
+#      (kernel readahead, POSIX_FADV_SEQUENTIAL), $DISK_LIMIT bytes per shape; "raw disk read"
+#      = the best shape of each way (kernel-notes/o-direct-reads.md). Broker CPU seconds per GiB read come from /proc (all
 #      its threads: in `sendfile` mode the blocking-pool threads that send, pinned to the
 #      broker's CPU, are included).
 #   c. appends on the same core: open-loop acks=1 produce at
@@ -26,6 +31,7 @@
 # PARTITIONS (16), WARMUP (2s), DURATION (5s, max-rate runs), LAT_DURATION (10s, tail runs),
 # CATCHUP_FETCH_BYTES (16777216: one fetch asks for 1 MiB of each of 16 partitions),
 # SIDE_RATE (10000 rec/s) and SIDE_DURATION (3s) for phase c,
+# DISK_DEPTHS ("1,4"), DISK_READS ("2M,4M"), DISK_LIMIT (2G) for the raw disk read, SKIP_DISK (0),
 # SEND_MODES ("copy"; e.g. "copy zc": phases a and b alternate the broker's --fetch-send modes
 # run by run, restarting the broker for each; figures of a mode other than copy are named
 # "<mode>+<send>"),
@@ -48,6 +54,9 @@ LAT_DURATION=${LAT_DURATION:-10s}
 CATCHUP_FETCH_BYTES=${CATCHUP_FETCH_BYTES:-16777216}
 SIDE_RATE=${SIDE_RATE:-10000}
 SIDE_DURATION=${SIDE_DURATION:-3s}
+DISK_DEPTHS=${DISK_DEPTHS:-1,4}
+DISK_READS=${DISK_READS:-2M,4M}
+DISK_LIMIT=${DISK_LIMIT:-2G}
 BROKER_CPU=${BROKER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1500}
@@ -77,6 +86,14 @@ say "git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (work
 say "settings: BACKLOG_BYTES=$BACKLOG_BYTES MODES='$MODES' REPS=$REPS PARTITIONS=$PARTITIONS CATCHUP_FETCH_BYTES=$CATCHUP_FETCH_BYTES; out dir $OUT_DIR"
 
 build_release "$REPO" "$BUILD_TIMEOUT"
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release -p ringmq-benches --bin ringmq-disk-read)
+fi
+DISK_BIN=${DISK_BIN:-$BIN/ringmq-disk-read}
+if [[ "${SKIP_DISK:-0}" != 1 && ! -x "$DISK_BIN" ]]; then
+    say "missing $DISK_BIN: no raw disk read (SKIP_DISK=1 to run without it)"
+    exit 2
+fi
 SECONDS=0
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -163,6 +180,19 @@ if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
     stop_broker
     say "backlog: $filled bytes of record values in $PARTITIONS partitions; on disk $(du -sh "$DATA" | cut -f1)"
     for i in $(seq 1 "$REPS"); do
+        if [[ "${SKIP_DISK:-0}" != 1 ]]; then
+            # The disk's own rate on the same files, minutes from the catch-ups it judges.
+            l=$(load1)
+            timeout 600 taskset -c "$BROKER_CPU" "$DISK_BIN" --dir "$DATA" --ways direct,direct+thp,buffered+seq \
+                --depths "$DISK_DEPTHS" --reads "$DISK_READS" --limit "$DISK_LIMIT" --summary \
+                >"$OUT_DIR/disk_$i.txt" 2>&1 || say "WARNING: disk read $i failed (see $OUT_DIR/disk_$i.txt)"
+            for k in direct direct_thp buffered; do
+                v=$(grep -o "best_${k}_mb_s=[0-9.]*" "$OUT_DIR/disk_$i.txt" | cut -d= -f2)
+                echo "{\"mb_per_s\": ${v:-null}}" >"$OUT_DIR/disk${k}_$i.json"
+                echo "load1=$l rc=0 broker_cpu_ms=0" >"$OUT_DIR/disk${k}_$i.meta"
+            done
+            log "raw disk read $i: direct $(jq -r .mb_per_s "$OUT_DIR/diskdirect_$i.json"), direct+thp $(jq -r .mb_per_s "$OUT_DIR/diskdirect_thp_$i.json"), buffered $(jq -r .mb_per_s "$OUT_DIR/diskbuffered_$i.json") MB/s"
+        fi
         for mode in $MODES; do
             for send in $SEND_MODES; do
                 m="$mode$(send_sfx "$send")"
@@ -228,6 +258,15 @@ if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
 fi
 if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
     say "catch-up read of the backlog after dropping the page cache (1 consumer, from earliest):"
+    DISKD=n/a
+    DISKT=n/a
+    DISKB=n/a
+    if [[ "${SKIP_DISK:-0}" != 1 ]]; then
+        DISKD=$(median diskdirect '.mb_per_s')
+        DISKT=$(median diskdirect_thp '.mb_per_s')
+        DISKB=$(median diskbuffered '.mb_per_s')
+        say "  raw disk read of the backlog's files (best shape of O_DIRECT $DISK_DEPTHS deep x $DISK_READS; buffered+seq x $DISK_READS): direct $(stat diskdirect '.mb_per_s'), direct+thp $(stat diskdirect_thp '.mb_per_s'), buffered $(stat diskbuffered '.mb_per_s') MB/s (load1 $(loads diskdirect)); 0.8 x loopback = $(awk -v r="$RAWM" 'BEGIN {printf "%.0f", 0.8 * r}') MB/s"
+    fi
     for mode in $(for m in $MODES; do for s in $SEND_MODES; do echo "$m$(send_sfx "$s")"; done; done); do
         cpu_per_gib=$(for i in $(seq 1 "$REPS"); do
             c=$(sed -E 's/.*broker_cpu_ms=([0-9-]+).*/\1/' "$OUT_DIR/catchup_${mode}_$i.meta")
@@ -236,7 +275,7 @@ if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
         done | sort -g | awk '{v[NR]=$1} END {if (NR) printf "%.2f [%.2f..%.2f]", v[int((NR+1)/2)], v[1], v[NR]; else printf "n/a"}')
         M=$(median "catchup_$mode" '.results.consume.mb_per_s')
         waits=$(for i in $(seq 1 "$REPS"); do grep -o 'broker_runq_wait_ms=[0-9-]*' "$OUT_DIR/catchup_${mode}_$i.meta" | cut -d= -f2; done | tr '\n' ' ')
-        say "  $mode: $(stat "catchup_$mode" '.results.consume.mb_per_s') MB/s, ratio to loopback $(ratio "$M" "$RAWM"), broker CPU s/GiB $cpu_per_gib (load1 $(loads "catchup_$mode"); broker run-queue wait ms $waits)"
+        say "  $mode: $(stat "catchup_$mode" '.results.consume.mb_per_s') MB/s, ratio to loopback $(ratio "$M" "$RAWM"), to raw disk read direct $(ratio "$M" "$DISKD") / direct+thp $(ratio "$M" "$DISKT") / buffered $(ratio "$M" "$DISKB"), broker CPU s/GiB $cpu_per_gib (load1 $(loads "catchup_$mode"); broker run-queue wait ms $waits)"
     done
     say "  target catch-up >= 0.8 of loopback"
     say "appends on the same core (acks=1, $SIDE_RATE rec/s open loop, 4 partitions), produce latency us, alone vs during a catch-up read:"

@@ -5,6 +5,7 @@
 //! Every benchmark measures its baseline in the same run as the thing it judges, because on a
 //! shared virtual disk absolute figures drift by 2x between minutes; ratios drift far less.
 
+pub mod disk_read;
 pub mod engine_append;
 pub mod engine_checkpoint;
 pub mod executor;

@@ -2,13 +2,56 @@
 //! for small files. Directory listing and mtimes use blocking `std::fs` metadata calls; they
 //! run only at open and during retention.
 
-use super::{FileKind, IoBuf, IoFuture, Storage, StorageFile};
+use super::{AlignedBuf, FileKind, IoBuf, IoFuture, Storage, StorageFile};
+use bytes::Bytes;
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
+
+/// Owned-buffer reads ([`StorageFile::read_shared`]) running at once on one executor's
+/// blocking pool: the readahead's 1 demand + 2 idle readahead reads. The pool is shared: the
+/// broker gives each core 4 threads (`broker/src/sendfile.rs`, `BLOCKING_THREADS_PER_CORE`),
+/// of which glommio needs one for its own blocking file operations (the rename of a prepared
+/// segment at a roll, with the append lock held); sendfile responses use up to 3, but in
+/// `sendfile` mode the readahead only reads near the log's tail. A read beyond this bound does
+/// not wait for a thread: it goes through io_uring and is copied out of glommio's buffer.
+pub const MAX_OWNED_READS_IN_FLIGHT: usize = 3;
+
+thread_local! {
+    /// Owned-buffer reads in flight on this thread's executor.
+    static OWNED_READS: Cell<usize> = const { Cell::new(0) };
+    /// Owned-buffer reads issued on this thread's executor (tests).
+    static OWNED_READS_ISSUED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// One of the [`MAX_OWNED_READS_IN_FLIGHT`] slots of this executor, given back when dropped.
+struct OwnedReadSlot;
+
+impl OwnedReadSlot {
+    fn take() -> Option<OwnedReadSlot> {
+        let slot = OWNED_READS.with(|n| {
+            (n.get() < MAX_OWNED_READS_IN_FLIGHT).then(|| {
+                n.set(n.get() + 1);
+                OwnedReadSlot
+            })
+        });
+        if slot.is_some() {
+            OWNED_READS_ISSUED.with(|n| n.set(n.get() + 1));
+        }
+        slot
+    }
+}
+
+impl Drop for OwnedReadSlot {
+    fn drop(&mut self) {
+        OWNED_READS.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
 
 /// The production storage: real files on the executor's io_uring.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,11 +108,32 @@ struct GlommioFile {
     /// None once closed.
     handle: RefCell<Option<Handle>>,
     path: PathBuf,
+    /// A duplicate of the read descriptor for blocking-pool reads ([`StorageFile::read_shared`]),
+    /// made at the first one. Each read holds a clone until its thread is done with it, so
+    /// the descriptor stays open (never a reused number) even when the reading future is
+    /// dropped or the file closed meanwhile; the last clone closes it (close(2), at once).
+    shared_fd: RefCell<Option<Arc<OwnedFd>>>,
 }
 
 impl GlommioFile {
     fn handle(&self) -> io::Result<Handle> {
         self.handle.borrow().clone().ok_or_else(closed)
+    }
+
+    /// The descriptor blocking-pool reads use (see `shared_fd`), made at the first call.
+    fn shared_fd(&self, r: &Dma) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.shared_fd.borrow().as_ref() {
+            return Ok(fd.clone());
+        }
+        // SAFETY: duplicating a descriptor we hold open (`r`), with close-on-exec.
+        let fd = unsafe { libc::fcntl(r.file()?.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by fcntl and is owned by nobody else.
+        let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        *self.shared_fd.borrow_mut() = Some(fd.clone());
+        Ok(fd)
     }
 }
 
@@ -130,6 +194,7 @@ impl Storage for GlommioStorage {
             Ok(Rc::new(GlommioFile {
                 handle: RefCell::new(Some(handle)),
                 path,
+                shared_fd: RefCell::new(None),
             }) as Rc<dyn StorageFile>)
         })
     }
@@ -237,6 +302,35 @@ impl StorageFile for GlommioFile {
         })
     }
 
+    fn read_shared(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes> {
+        Box::pin(async move {
+            let Handle::Direct { r, .. } = self.handle()? else {
+                return self.read_at(pos, len).await.map(Bytes::from);
+            };
+            // Sizes an owned buffer cannot take (none of the readahead's) read as before.
+            let fits = len > 0
+                && len <= super::MAX_OWNED_READ_BYTES
+                && len % super::BLOCK_BYTES as usize == 0;
+            let slot = if fits { OwnedReadSlot::take() } else { None };
+            let Some(slot) = slot else {
+                return self.read_at(pos, len).await.map(Bytes::from);
+            };
+            let fd = self.shared_fd(&r)?;
+            // If this future is dropped meanwhile (a stopped shard), the thread still finishes
+            // its read and frees the buffer, but the slot is given back at once: the bound is
+            // on reads this executor waits for, not on pool threads.
+            let buf = glommio::executor()
+                .spawn_blocking(move || {
+                    let mut buf = AlignedBuf::new(len)?;
+                    buf.fill_from(fd.as_raw_fd(), pos)?;
+                    Ok::<_, io::Error>(buf)
+                })
+                .await?;
+            drop(slot);
+            Ok(buf.into_bytes())
+        })
+    }
+
     fn fdatasync(&self) -> IoFuture<'_, ()> {
         Box::pin(async move {
             match self.handle()? {
@@ -279,6 +373,8 @@ impl StorageFile for GlommioFile {
 
     fn close(&self) -> IoFuture<'_, ()> {
         Box::pin(async move {
+            // Reads in flight keep their own clones of the duplicate.
+            drop(self.shared_fd.borrow_mut().take());
             let Some(handle) = self.handle.borrow_mut().take() else {
                 return Ok(());
             };
@@ -302,5 +398,125 @@ impl StorageFile for GlommioFile {
                 },
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::BLOCK_BYTES;
+
+    fn run<F, Fut>(f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(256 << 10)
+            .spawn(f)
+            .expect("executor starts")
+            .join()
+            .expect("test body does not panic");
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 253) as u8).collect()
+    }
+
+    /// A direct file of `len` bytes (a multiple of the block size) holding [`pattern`].
+    async fn direct_file(dir: &std::path::Path, len: usize) -> Rc<dyn StorageFile> {
+        let io = GlommioStorage;
+        let f = io
+            .open(dir.join("seg.log"), FileKind::Direct, true)
+            .await
+            .expect("open");
+        let mut buf = io.alloc(len);
+        buf.as_mut_slice().copy_from_slice(&pattern(len));
+        f.write_at(buf, 0).await.expect("write");
+        f
+    }
+
+    #[test]
+    fn shared_reads_match_copying_reads_and_outlive_the_file_on_other_threads() {
+        // Catches: an owned read at the wrong position or of the wrong length, one that
+        // exposes bytes past the end of the file, memory freed while a slice still refers to
+        // it (the file closed, the chunk evicted), a slice invalid on another thread, and a
+        // read that silently took the copying path.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let len = 3 << 20;
+            let f = direct_file(&path, len).await;
+            let want = pattern(len);
+            let issued = OWNED_READS_ISSUED.with(Cell::get);
+            let a = f.read_shared(1 << 20, 1 << 20).await.expect("read");
+            assert_eq!(
+                OWNED_READS_ISSUED.with(Cell::get),
+                issued + 1,
+                "not an owned read"
+            );
+            assert_eq!(a.as_ptr() as usize % BLOCK_BYTES as usize, 0);
+            assert_eq!(
+                &a[..],
+                &f.read_at(1 << 20, 1 << 20).await.expect("read")[..]
+            );
+            assert_eq!(&a[..], &want[1 << 20..2 << 20]);
+            // Past the end: what is there.
+            let end = f.read_shared(2 << 20, 2 << 20).await.expect("read");
+            assert_eq!(&end[..], &want[2 << 20..]);
+            let slice = a.slice(4000..900_000);
+            drop(a);
+            f.close().await.expect("close");
+            drop(f);
+            let got = std::thread::spawn(move || slice.to_vec())
+                .join()
+                .expect("thread");
+            assert_eq!(got, &want[(1 << 20) + 4000..(1 << 20) + 900_000]);
+            assert_eq!(OWNED_READS.with(Cell::get), 0, "a slot not given back");
+        });
+    }
+
+    #[test]
+    fn reads_beyond_the_owned_slots_take_the_copying_path_and_are_exact() {
+        // Catches: reads past MAX_OWNED_READS_IN_FLIGHT waiting for a pool thread (or failing)
+        // instead of going through io_uring, wrong bytes on either path, leaked slots.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let n = MAX_OWNED_READS_IN_FLIGHT + 3;
+            let chunk = 256 << 10;
+            let f = direct_file(&path, n * chunk).await;
+            let want = pattern(n * chunk);
+            let issued = OWNED_READS_ISSUED.with(Cell::get);
+            // All started (polled once) before any is awaited to the end.
+            let mut reads: Vec<_> = (0..n)
+                .map(|i| Some(f.read_shared((i * chunk) as u64, chunk)))
+                .collect();
+            let mut results: Vec<Option<io::Result<Bytes>>> = (0..n).map(|_| None).collect();
+            std::future::poll_fn(|cx| {
+                for (r, out) in reads.iter_mut().zip(results.iter_mut()) {
+                    if let Some(fut) = r {
+                        if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
+                            *out = Some(v);
+                            *r = None;
+                        }
+                    }
+                }
+                if reads.iter().all(Option::is_none) {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            for (i, r) in results.into_iter().enumerate() {
+                let b = r.expect("polled to the end").expect("read");
+                assert_eq!(&b[..], &want[i * chunk..(i + 1) * chunk], "read {i}");
+            }
+            let owned = OWNED_READS_ISSUED.with(Cell::get) - issued;
+            assert_eq!(owned, MAX_OWNED_READS_IN_FLIGHT as u64, "owned reads");
+            assert_eq!(OWNED_READS.with(Cell::get), 0, "a slot not given back");
+            f.close().await.expect("close");
+        });
     }
 }

@@ -17,10 +17,13 @@
 
 mod glommio_impl;
 mod mem;
+mod owned;
 
-pub use glommio_impl::GlommioStorage;
+pub use glommio_impl::{GlommioStorage, MAX_OWNED_READS_IN_FLIGHT};
 pub use mem::{CrashMode, MemStorage};
+pub use owned::{AlignedBuf, HUGE_PAGE_BYTES, MAX_OWNED_READ_BYTES};
 
+use bytes::Bytes;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -118,6 +121,13 @@ pub trait StorageFile {
     fn write_at(&self, buf: IoBuf, pos: u64) -> IoFuture<'_, Option<IoBuf>>;
     /// Reads up to `len` bytes at `pos`; fewer only at end of file. Direct files: aligned.
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Vec<u8>>;
+    /// As [`StorageFile::read_at`], as `Bytes` that may be sliced and sent to other threads,
+    /// read without a copy where the backend can (glommio: into an [`AlignedBuf`] on a
+    /// blocking-pool thread, see `glommio_impl.rs`). The default wraps `read_at`'s `Vec`
+    /// (no copy either).
+    fn read_shared(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes> {
+        Box::pin(async move { self.read_at(pos, len).await.map(Bytes::from) })
+    }
     fn fdatasync(&self) -> IoFuture<'_, ()>;
     /// Allocates the file's blocks up to `len` bytes and sets its size to at least `len`.
     fn preallocate(&self, len: u64) -> IoFuture<'_, ()>;

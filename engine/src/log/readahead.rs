@@ -9,7 +9,7 @@
 //! then take from the cache.
 //!
 //! ```text
-//!  segment file   |<- CHUNK_BYTES ->|<- CHUNK_BYTES ->|<- CHUNK_BYTES ->| ...
+//!  segment file   |<- CHUNK_BYTES ->|<- CHUNK_BYTES ->|<- CHUNK_BYTES ->| ...   (2 MiB)
 //!  entries        | hdr batch | hdr batch | hdr ba|tch | hdr batch |        (64-byte headers)
 //!  a read         needs chunks k..=m, loads the missing ones (at most MAX_CHUNK_READS_IN_FLIGHT
 //!                 per shard), then queues READAHEAD_CHUNKS beyond m for background reads
@@ -28,14 +28,16 @@
 //!   chunk is `Corrupt`, never served.
 //! - Memory: at most [`MAX_CACHED_CHUNKS`] chunks in the cache, [`MAX_CHUNK_READS_IN_FLIGHT`]
 //!   demand reads and [`MAX_READAHEAD_IN_FLIGHT_IDLE`] readahead reads in flight; batches
-//!   handed out keep their chunk alive until the caller drops them.
+//!   handed out keep their chunk alive until the caller drops them. A chunk is the storage's
+//!   own read buffer (`StorageFile::read_shared`: no copy after the read), so a batch may
+//!   be sent by another core.
 //! - Disk queue: demand and readahead have separate read slots, so queued readahead never
 //!   takes a slot a demand read needs (a read that needs a chunk already queued for
 //!   readahead waits for that read). A readahead read starts only while fewer than
 //!   [`MAX_READAHEAD_IN_FLIGHT`] are in flight, or fewer than
 //!   [`MAX_READAHEAD_IN_FLIGHT_IDLE`] while the log has no write or fdatasync in flight: the
 //!   shard's readers keep at most `MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT_IDLE`
-//!   1 MiB reads in front of its own log writes, and start no more than
+//!   chunk reads in front of its own log writes, and start no more than
 //!   `MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT` while those are in flight; at most
 //!   [`MAX_LOADING_CHUNKS`] chunks are queued or being read.
 //!
@@ -52,46 +54,63 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
-/// Size of one readahead read (and cache unit). Large enough that the disk streams (1 MiB
-/// direct reads reached the disk's sequential rate here), small enough to slice without waste.
-pub(crate) const CHUNK_BYTES: u64 = 1 << 20;
-/// Chunks kept per shard (48 MiB): a fetch of 16 interleaved queues at 1 MiB each spans about
-/// 16 chunks, which the next queue of the same fetch reads again.
-pub(crate) const MAX_CACHED_CHUNKS: usize = 48;
+/// Size of one readahead read (and cache unit): one transparent huge page, read into a
+/// buffer of our own (`io::AlignedBuf`, huge-page backed), so the read reaches the disk as one
+/// 2 MiB request. What decides this disk's rate is the size of its requests, not how many are
+/// in flight: 512 KiB requests (what a 1 MiB direct read into 4 KiB pages became) read at
+/// 1.0-1.3 GB/s at any depth, 2 MiB ones at 2.0-3.0 GB/s with 1-2 in flight
+/// (kernel-notes/o-direct-reads.md, "The disk's read ceiling"; 2026-11-22). 4 MiB chunks (one
+/// 4 MiB request) read a catch-up 13% faster but doubled the appends' delay during it (p50
+/// 8.3-10.5 against 4.8-4.9 ms; BENCHMARKS.md, Issue 5, session 5): the bytes in flight set it.
+pub(crate) const CHUNK_BYTES: u64 = crate::io::HUGE_PAGE_BYTES as u64;
+/// Chunks kept per shard (64 MiB): a fetch of 16 interleaved queues at 1 MiB each spans about
+/// 16 MiB, which the next queue of the same fetch reads again, and readahead keeps two
+/// fetches' span ([`READAHEAD_CHUNKS`]) beyond it.
+pub(crate) const MAX_CACHED_CHUNKS: usize = (64 << 20) / CHUNK_BYTES as usize;
 /// Demand chunk reads in flight per shard: bounds the disk queue a catch-up consumer builds
 /// in front of the shard's own log writes. 4 demand + 2 readahead reads read the backlog at
 /// 590-750 MB/s here but delayed appends on the same core by 15-90 ms at the median (and
 /// by seconds in some runs); 1 + 1 read it at 480-550 MB/s with appends 5-7 ms late at the
 /// median (direct reads: 350-400 MB/s, 3-5 ms). benches/scripts/consume.sh, phase c.
 pub(crate) const MAX_CHUNK_READS_IN_FLIGHT: usize = 1;
-/// Chunks queued for reading ahead of the last one a read needed: about what one fetch of 16
-/// interleaved queues spans, so the next fetch finds its chunks read while this one is sent
-/// (a consumer has one fetch in flight; without this the disk idles while it is sent). Two
-/// fetches' span (32, with 64 cached chunks) read no faster in session 4 (760-856 against
-/// 770-803 MB/s): with 4 reads in flight the device itself was the limit.
-pub(crate) const READAHEAD_CHUNKS: u64 = 16;
+/// Chunks queued for reading ahead of the last one a read needed: what two fetches of 16
+/// interleaved queues at 1 MiB span (32 MiB), so the next fetch finds its chunks read while
+/// this one is sent (a consumer has one fetch in flight; without this the disk idles while
+/// it is sent). With 1 MiB chunks two fetches' span read no faster than one (session 4: the
+/// disk was the limit); with 2 MiB chunks it read 1511-1583 against 1362-1511 MB/s (session 5,
+/// 3 alternating pairs).
+pub(crate) const READAHEAD_CHUNKS: u64 = (32 << 20) / CHUNK_BYTES;
 /// Readahead reads in flight per shard while the log is writing (a write or fdatasync in
 /// flight): their own slots, beside the demand reads' (see [`MAX_CHUNK_READS_IN_FLIGHT`]
 /// for the trade-off against appends).
 pub(crate) const MAX_READAHEAD_IN_FLIGHT: usize = 1;
 /// Readahead reads in flight per shard while the log is idle (no write or fdatasync in
-/// flight): with nothing of the log's own to delay, the disk is kept busy. A 1 MiB read is
-/// two 512 KiB device requests of ~1 ms here, and with one read in flight the disk was busy
-/// only ~60% of a catch-up (BENCHMARKS.md, Session 4 consume). A read already issued when
-/// appends resume still delays them: at most this many, then one at a time again.
-pub(crate) const MAX_READAHEAD_IN_FLIGHT_IDLE: usize = 4;
+/// flight): with nothing of the log's own to delay, the disk is kept busy. With 1 MiB reads
+/// (two 512 KiB device requests of ~1 ms) one read in flight left the disk idle ~40% of a
+/// catch-up and 4 were used (BENCHMARKS.md, Session 4 consume); a 2 MiB chunk read is one
+/// request, and 1-2 of them in flight reach the disk's rate (session 5). A read already issued
+/// when appends resume still delays them: at most this many, then one at a time again. With
+/// the demand read, at most `(1 + 2) x 2 MiB` are in flight in front of the log's writes
+/// (session 4: `(1 + 4) x 1 MiB`). No more than the storage's owned-read slots
+/// (`io::MAX_OWNED_READS_IN_FLIGHT`) minus the demand read: a read past those is copied.
+pub(crate) const MAX_READAHEAD_IN_FLIGHT_IDLE: usize = 2;
 /// Chunks marked as being read (queued or in flight) per shard, beyond which no more
 /// readahead is queued: many catch-up readers at different positions cannot pile up reads.
-pub(crate) const MAX_LOADING_CHUNKS: usize = 64;
-/// Chunks one read may need; a read of a sparse queue stops at the batch that would need
-/// more (it returns fewer batches; the consumer fetches again).
-pub(crate) const MAX_CHUNKS_PER_READ: usize = 32;
+pub(crate) const MAX_LOADING_CHUNKS: usize = (64 << 20) / CHUNK_BYTES as usize;
+/// Chunks one read may need (32 MiB); a read of a sparse queue stops at the batch that would
+/// need more (it returns fewer batches; the consumer fetches again).
+pub(crate) const MAX_CHUNKS_PER_READ: usize = (32 << 20) / CHUNK_BYTES as usize;
 
 const _: () = assert!(CHUNK_BYTES % crate::io::BLOCK_BYTES == 0);
 const _: () = assert!(MAX_CHUNKS_PER_READ <= MAX_CACHED_CHUNKS);
 // Zero slots would leave queued chunks unread and their readers waiting forever.
 const _: () = assert!(MAX_CHUNK_READS_IN_FLIGHT > 0 && MAX_READAHEAD_IN_FLIGHT > 0);
 const _: () = assert!(MAX_READAHEAD_IN_FLIGHT_IDLE >= MAX_READAHEAD_IN_FLIGHT);
+// Every read the readahead may have in flight gets an owned buffer (no copy).
+const _: () = assert!(
+    MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT_IDLE
+        <= crate::io::MAX_OWNED_READS_IN_FLIGHT
+);
 
 /// The per-shard chunk cache.
 pub(crate) struct ChunkCache {
@@ -330,12 +349,13 @@ async fn load(
     let keep = limit.min(end).saturating_sub(start) as usize;
     let len = crate::io::align_up(keep as u64) as usize;
     cache.reads_issued.set(cache.reads_issued.get() + 1);
-    let data = seg
+    // Owned memory where the storage can (no copy out of glommio's `!Send` buffer): the
+    // batches sliced from it may be sent by other cores.
+    let mut bytes = seg
         .file
-        .read_at(rel, len)
+        .read_shared(rel, len)
         .await
         .map_err(|e| EngineError::io("read segment", &seg.path, e))?;
-    let mut bytes = Bytes::from(data);
     bytes.truncate(keep);
     cache.insert(start, bytes.clone());
     Ok(bytes)
@@ -451,11 +471,15 @@ mod tests {
     use crate::{BacklogRead, Durability, Offset, QueueId, Shard, ShardConfig};
     use ringmq_wire::record_batch::set_base_offset;
 
+    /// Chunks in units of the 1 MiB the tests' sizes were written for: the same geometry
+    /// (entries straddling one, two chunk boundaries) at any chunk size.
+    const K: usize = (CHUNK_BYTES >> 20) as usize;
+
     fn cfg(dir: &str, mode: BacklogRead) -> ShardConfig {
         ShardConfig {
             dir: dir.into(),
-            segment_size_bytes: 4 << 20,
-            max_batch_bytes: 2 << 20,
+            segment_size_bytes: (4 << 20) * K as u64,
+            max_batch_bytes: (2 << 20) * K as u32,
             tail_cache_bytes: 0,
             backlog_read: mode,
             ..ShardConfig::default()
@@ -492,7 +516,7 @@ mod tests {
         for round in 0..4 {
             for (i, fill) in sizes.iter().enumerate() {
                 let q = (round + i) % 2;
-                let b = batch(1, 0, -1, -1, *fill);
+                let b = batch(1, 0, -1, -1, *fill * K);
                 let a = s
                     .append(QueueId(q as u32), b.clone(), Durability::Written)
                     .await
@@ -529,7 +553,7 @@ mod tests {
                     "the test needs straddling entries: {straddles}"
                 );
                 for (q, w) in want.iter().enumerate() {
-                    for max_bytes in [1, 300_000, 8 << 20] {
+                    for max_bytes in [1, 300_000 * K, (8 << 20) * K] {
                         let got = read_queue(&s, QueueId(q as u32), max_bytes).await;
                         assert_eq!(got.len(), w.len(), "{mode:?} queue {q} max {max_bytes}");
                         for (i, (g, w)) in got.iter().zip(w).enumerate() {
@@ -641,7 +665,7 @@ mod tests {
         run(|| async {
             let io = MemStorage::new();
             let c = ShardConfig {
-                segment_size_bytes: 64 << 20,
+                segment_size_bytes: (64 << 20) * K as u64,
                 ..cfg("/rf", BacklogRead::Readahead)
             };
             let s = open(&c, &io).await;
@@ -653,7 +677,7 @@ mod tests {
                     .await
                     .unwrap();
                 want.push(stored(&b, a.base_offset.0));
-                let big = batch(1, 0, -1, -1, 1_100_000);
+                let big = batch(1, 0, -1, -1, 1_100_000 * K);
                 s.append(QueueId(1), big, Durability::Written)
                     .await
                     .unwrap();
