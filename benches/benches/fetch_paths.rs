@@ -19,13 +19,7 @@ use ringmq_benches::quick_mode_requested;
 const DEFAULT_REPS: usize = 3;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value_of = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value_of = ringmq_benches::arg_value;
     let mut plan = if quick_mode_requested() {
         Plan::quick()
     } else {
@@ -37,7 +31,7 @@ fn main() {
     if let Some(reps) = value_of("--reps") {
         plan.reps = reps.parse().unwrap_or_else(|_| panic!("bad --reps {reps}"));
     }
-    plan.verify |= args.iter().any(|a| a == "--verify");
+    plan.verify |= std::env::args().any(|a| a == "--verify");
     if let Some(list) = value_of("--fetch") {
         plan.fetch_sizes = list
             .split(',')

@@ -25,6 +25,13 @@ pub fn quick_mode_requested() -> bool {
     env_quick || std::env::args().any(|a| a == "--quick")
 }
 
+/// The value after `flag` among the process's arguments (`--size 4G` -> `Some("4G")`).
+pub fn arg_value(flag: &str) -> Option<String> {
+    let mut args = std::env::args().skip_while(|a| a != flag);
+    args.next()?;
+    args.next()
+}
+
 /// Megabytes (10^6 bytes) per second.
 pub fn mb_per_s(bytes: u64, elapsed: std::time::Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)

@@ -51,13 +51,7 @@ fn walk(dir: &PathBuf) -> std::io::Result<Vec<PathBuf>> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value_of = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value_of = ringmq_benches::arg_value;
     let quick = quick_mode_requested();
     let size = value_of("--size")
         .map(|s| parse_size(&s).unwrap_or_else(|| panic!("bad --size {s}")))
@@ -176,7 +170,7 @@ fn main() {
             }
         }
     }
-    if args.iter().any(|a| a == "--summary") {
+    if std::env::args().any(|a| a == "--summary") {
         println!(
             "disk_read best_direct_mb_s={:.0} best_direct_thp_mb_s={:.0} best_glommio_mb_s={:.0} best_buffered_mb_s={:.0}",
             best[0], best[3], best[1], best[2]
