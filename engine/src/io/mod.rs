@@ -33,6 +33,10 @@ use std::rc::Rc;
 /// Alignment (and granularity) of O_DIRECT positions and lengths.
 pub const BLOCK_BYTES: u64 = 4096;
 
+/// Says, before each piece of a [`StorageFile::read_shared_paced`], the most bytes it may
+/// read; called on the thread doing the read.
+pub type Pace = std::sync::Arc<dyn Fn() -> usize + Send + Sync>;
+
 /// A boxed, `!Send` I/O future.
 pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + 'a>>;
 
@@ -127,6 +131,19 @@ pub trait StorageFile {
     /// (no copy either).
     fn read_shared(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes> {
         Box::pin(async move { self.read_at(pos, len).await.map(Bytes::from) })
+    }
+    /// As [`StorageFile::read_shared`], issued as a sequence of smaller reads into the same
+    /// buffer where the backend can (glommio's owned reads, one after the other on the same
+    /// pool thread): before each one, `pace()` says how many bytes it may read at most
+    /// (rounded up to [`BLOCK_BYTES`]; the rest of the read in one go when it is `len` or
+    /// more). `pace` is called on that thread, so it reads shared state (an atomic the
+    /// caller updates), not the executor's. So a caller can keep few bytes in the disk's
+    /// queue while something more urgent shares it, and read the rest in one request once
+    /// it is gone. The result is the same bytes as one read. The default ignores `pace` (an
+    /// in-memory backend has no queue).
+    fn read_shared_paced(&self, pos: u64, len: usize, pace: Pace) -> IoFuture<'_, Bytes> {
+        let _ = pace;
+        self.read_shared(pos, len)
     }
     fn fdatasync(&self) -> IoFuture<'_, ()>;
     /// Allocates the file's blocks up to `len` bytes and sets its size to at least `len`.

@@ -182,17 +182,30 @@ impl AlignedBuf {
     /// the file ends. Works on O_DIRECT descriptors when `pos` is aligned (the buffer is).
     /// Returns the bytes now filled.
     pub fn fill_from(&mut self, fd: RawFd, pos: u64) -> io::Result<usize> {
+        while self.fill_piece(fd, pos, self.capacity())? {}
+        Ok(self.filled)
+    }
+
+    /// Reads the next at most `max` bytes of the buffer (its filled part continues at
+    /// `pos + filled` in the file) with `pread(2)` (blocking), rounded up to [`BLOCK_BYTES`]:
+    /// one device request for a direct read into contiguous memory. Returns whether more may
+    /// follow: false once the buffer is full or the file ended (a short or empty read).
+    /// A buffer filled piece by piece holds exactly the bytes one [`AlignedBuf::fill_from`]
+    /// would have read.
+    pub fn fill_piece(&mut self, fd: RawFd, pos: u64, max: usize) -> io::Result<bool> {
         let cap = self.capacity();
-        while self.filled < cap {
+        let want = super::align_up(max.clamp(1, cap) as u64) as usize;
+        let end = cap.min(self.filled.saturating_add(want));
+        while self.filled < end {
             let at = i64::try_from(pos + self.filled as u64)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "read position"))?;
-            // SAFETY: the destination is inside our allocation: `filled < cap` bytes in, and at
-            // most `cap - filled` bytes long.
+            // SAFETY: the destination is inside our allocation: `filled < end <= cap` bytes
+            // in, and `end - filled` bytes long.
             let n = unsafe {
                 libc::pread(
                     fd,
                     self.ptr.as_ptr().add(self.filled).cast(),
-                    cap - self.filled,
+                    end - self.filled,
                     at,
                 )
             };
@@ -204,16 +217,16 @@ impl AlignedBuf {
                 return Err(e);
             }
             if n == 0 {
-                break;
+                return Ok(false);
             }
             self.filled += n as usize;
             // A direct read ends short only at the end of the file; the next one would be
             // unaligned (EINVAL), and there is nothing more to read anyway.
             if self.filled % BLOCK_BYTES as usize != 0 {
-                break;
+                return Ok(false);
             }
         }
-        Ok(self.filled)
+        Ok(self.filled < cap)
     }
 
     /// The buffer as `Bytes` (its filled part), without a copy.
@@ -282,6 +295,55 @@ mod tests {
         let mut b = AlignedBuf::new(4096).expect("buf");
         assert_eq!(b.fill_from(f.as_raw_fd(), 0).expect("fill"), 4096);
         assert_eq!(b.as_ref(), &data[..4096]);
+    }
+
+    #[test]
+    fn a_fill_in_pieces_reads_the_same_bytes_as_one_fill() {
+        // Catches: a piece read at the wrong file position or buffer offset, a piece that
+        // reads past its bound (or past the buffer), one that does not stop at the end of the
+        // file (short or exactly at a piece boundary), and a wrong "more may follow".
+        let data: Vec<u8> = (0..10 * 4096 + 300).map(|i| (i * 13 % 251) as u8).collect();
+        let (_dir, path) = file_with(&data);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .expect("open direct");
+        for (cap, pos) in [(16 * 4096, 4096), (4 * 4096, 0), (8 * 4096, 3 * 4096)] {
+            let mut one = AlignedBuf::new(cap).expect("buf");
+            one.fill_from(f.as_raw_fd(), pos).expect("fill");
+            for piece in [1, 4096, 3 * 4096, 5000, cap] {
+                let mut b = AlignedBuf::new(cap).expect("buf");
+                let mut calls = 0;
+                while b.fill_piece(f.as_raw_fd(), pos, piece).expect("piece") {
+                    calls += 1;
+                    let bound = calls * crate::io::align_up(piece as u64) as usize;
+                    assert!(
+                        b.as_ref().len() <= bound,
+                        "piece {piece} read past its bound"
+                    );
+                    assert!(calls <= cap / 4096, "pieces never end");
+                }
+                assert_eq!(
+                    b.as_ref(),
+                    one.as_ref(),
+                    "cap {cap} pos {pos} piece {piece}"
+                );
+            }
+            let end = (data.len() as u64 - pos).min(cap as u64) as usize;
+            assert_eq!(one.as_ref(), &data[pos as usize..pos as usize + end]);
+        }
+        // The file ending exactly where a piece does: one more (empty) read says so.
+        let (_dir2, path2) = file_with(&data[..2 * 4096]);
+        let f2 = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path2)
+            .expect("open direct");
+        let mut b = AlignedBuf::new(4 * 4096).expect("buf");
+        assert!(b.fill_piece(f2.as_raw_fd(), 0, 2 * 4096).expect("piece"));
+        assert!(!b.fill_piece(f2.as_raw_fd(), 0, 2 * 4096).expect("piece"));
+        assert_eq!(b.as_ref(), &data[..2 * 4096]);
     }
 
     #[test]

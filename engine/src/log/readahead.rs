@@ -15,6 +15,8 @@
 //!                 per shard), then queues READAHEAD_CHUNKS beyond m for background reads
 //!                 (on their own read slots: MAX_READAHEAD_IN_FLIGHT at a time while the log
 //!                 writes, MAX_READAHEAD_IN_FLIGHT_IDLE while it does not)
+//!  a chunk read   one 2 MiB request while the log is idle; while it writes, requests of
+//!                 PIECE_BYTES_WHILE_WRITING into the same buffer, the rest at once when idle
 //!  batches        slices of a chunk; a batch that straddles chunks is copied into one buffer
 //! ```
 //!
@@ -35,11 +37,13 @@
 //!   takes a slot a demand read needs (a read that needs a chunk already queued for
 //!   readahead waits for that read). A readahead read starts only while fewer than
 //!   [`MAX_READAHEAD_IN_FLIGHT`] are in flight, or fewer than
-//!   [`MAX_READAHEAD_IN_FLIGHT_IDLE`] while the log has no write or fdatasync in flight: the
-//!   shard's readers keep at most `MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT_IDLE`
-//!   chunk reads in front of its own log writes, and start no more than
-//!   `MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT` while those are in flight; at most
-//!   [`MAX_LOADING_CHUNKS`] chunks are queued or being read.
+//!   [`MAX_READAHEAD_IN_FLIGHT_IDLE`] while the log is idle (no write or fdatasync in flight
+//!   and none completed for [`LOG_QUIET_AFTER`], [`ChunkCache::log_writing`]). While the log
+//!   writes, each chunk read asks the disk for at most [`PIECE_BYTES_WHILE_WRITING`] at a time
+//!   (`StorageFile::read_shared_paced`), so its writes queue behind at most
+//!   `(MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT) x PIECE_BYTES_WHILE_WRITING` of
+//!   the shard's reads (plus, once, the whole chunks a read started while the log was idle);
+//!   at most [`MAX_LOADING_CHUNKS`] chunks are queued or being read.
 //!
 //! Not durable: a cache of bytes already in the log; empty after a restart.
 
@@ -53,6 +57,9 @@ use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Size of one readahead read (and cache unit): one transparent huge page, read into a
 /// buffer of our own (`io::AlignedBuf`, huge-page backed), so the read reaches the disk as one
@@ -80,12 +87,12 @@ pub(crate) const MAX_CHUNK_READS_IN_FLIGHT: usize = 1;
 /// disk was the limit); with 2 MiB chunks it read 1511-1583 against 1362-1511 MB/s (session 5,
 /// 3 alternating pairs).
 pub(crate) const READAHEAD_CHUNKS: u64 = (32 << 20) / CHUNK_BYTES;
-/// Readahead reads in flight per shard while the log is writing (a write or fdatasync in
-/// flight): their own slots, beside the demand reads' (see [`MAX_CHUNK_READS_IN_FLIGHT`]
+/// Readahead reads in flight per shard while the log is writing ([`ChunkCache::log_writing`]):
+/// their own slots, beside the demand reads' (see [`MAX_CHUNK_READS_IN_FLIGHT`]
 /// for the trade-off against appends).
 pub(crate) const MAX_READAHEAD_IN_FLIGHT: usize = 1;
-/// Readahead reads in flight per shard while the log is idle (no write or fdatasync in
-/// flight): with nothing of the log's own to delay, the disk is kept busy. With 1 MiB reads
+/// Readahead reads in flight per shard while the log is idle (not
+/// [`ChunkCache::log_writing`]): with nothing of the log's own to delay, the disk is kept busy. With 1 MiB reads
 /// (two 512 KiB device requests of ~1 ms) one read in flight left the disk idle ~40% of a
 /// catch-up and 4 were used (BENCHMARKS.md, Session 4 consume); a 2 MiB chunk read is one
 /// request, and 1-2 of them in flight reach the disk's rate (session 5). A read already issued
@@ -94,6 +101,22 @@ pub(crate) const MAX_READAHEAD_IN_FLIGHT: usize = 1;
 /// (session 4: `(1 + 4) x 1 MiB`). No more than the storage's owned-read slots
 /// (`io::MAX_OWNED_READS_IN_FLIGHT`) minus the demand read: a read past those is copied.
 pub(crate) const MAX_READAHEAD_IN_FLIGHT_IDLE: usize = 2;
+/// Most bytes one chunk read asks of the disk at a time while the log is writing (see
+/// [`ChunkCache::log_writing`]): the chunk's buffer is filled by a sequence of reads of this
+/// size (each one device request, issued back to back by the pool thread), so an append's
+/// write or fdatasync queues behind at most this much per read in flight instead of a whole
+/// 2 MiB chunk. Once the log is idle again, the rest of the chunk is read in one request.
+/// Measured with appends (10k rec/s, acks=1) during a catch-up (BENCHMARKS.md, Issue 5,
+/// session 5b): whole 2 MiB chunks delayed them p50 3.4-4.2 ms; 512 KiB pieces 0.9-1.6 ms,
+/// 256 KiB 0.53-0.68 ms, 128 KiB 0.46-0.50 ms (alone ~0.27 ms), each halving costing the
+/// catch-up more while appends run (128 against 256 KiB: -6%).
+pub(crate) const PIECE_BYTES_WHILE_WRITING: usize = 256 << 10;
+/// How long after the log's written position last moved it still counts as writing: between
+/// two appends of a steady producer the log is briefly idle, and a whole chunk read started in
+/// that gap would delay the next append by the full chunk. Costs a catch-up at most this long
+/// at the piece size after appends stop. Chosen, not measured: a producer whose appends come
+/// less than 100 ms apart counts as steady.
+pub(crate) const LOG_QUIET_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 /// Chunks marked as being read (queued or in flight) per shard, beyond which no more
 /// readahead is queued: many catch-up readers at different positions cannot pile up reads.
 pub(crate) const MAX_LOADING_CHUNKS: usize = (64 << 20) / CHUNK_BYTES as usize;
@@ -123,6 +146,13 @@ pub(crate) struct ChunkCache {
     pub(crate) ahead_done: Event,
     /// Chunk reads issued (tests and metrics).
     pub reads_issued: Cell<u64>,
+    /// The log's written position when [`ChunkCache::log_writing`] last looked, and when it
+    /// last saw it move.
+    seen_written: Cell<Option<u64>>,
+    moved_at: Cell<Option<Instant>>,
+    /// The piece size chunk reads use now ([`ChunkCache::piece_bytes`]), set at every look at
+    /// the log and read by the threads doing the reads before each piece.
+    pace: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -142,7 +172,49 @@ impl ChunkCache {
             ahead_running: Cell::new(0),
             ahead_done: Event::default(),
             reads_issued: Cell::new(0),
+            seen_written: Cell::new(None),
+            moved_at: Cell::new(None),
+            pace: Arc::new(AtomicUsize::new(CHUNK_BYTES as usize)),
         }
+    }
+
+    /// Whether the shard's log is writing: a write or fdatasync in flight, or its written
+    /// position moved less than [`LOG_QUIET_AFTER`] ago (as far as this cache has looked: at
+    /// every chunk read's start and every readahead slot taken, about once a millisecond
+    /// during a catch-up). Sets the piece size the chunk reads in flight use from now on.
+    pub(crate) fn log_writing(&self, inner: &Inner) -> bool {
+        let now = Instant::now();
+        let written = inner.gc.written();
+        match self.seen_written.replace(Some(written)) {
+            // The first look: nothing seen moving yet.
+            None => {}
+            Some(w) if w != written => self.moved_at.set(Some(now)),
+            Some(_) => {}
+        }
+        let recent = self
+            .moved_at
+            .get()
+            .is_some_and(|t| now.duration_since(t) < LOG_QUIET_AFTER);
+        let writing = recent || !inner.gc.quiescent();
+        let piece = if writing {
+            PIECE_BYTES_WHILE_WRITING
+        } else {
+            CHUNK_BYTES as usize
+        };
+        self.pace.store(piece, Ordering::Relaxed);
+        writing
+    }
+
+    /// The most bytes the next piece of a chunk read may ask of the disk now (looking at the
+    /// log again), as the chunk reads in flight will see it.
+    fn piece_bytes(&self, log: &Weak<Inner>) -> usize {
+        match log.upgrade() {
+            Some(inner) => {
+                self.log_writing(&inner);
+            }
+            None => self.pace.store(CHUNK_BYTES as usize, Ordering::Relaxed),
+        }
+        self.pace.load(Ordering::Relaxed)
     }
 
     /// Chunks held now (tests).
@@ -228,9 +300,9 @@ pub(crate) async fn read_entries_ahead(
                 chunks.insert(start, bytes);
             }
             None => {
-                let (cache, seg) = (cache.clone(), seg.clone());
+                let (cache, seg, log) = (cache.clone(), seg.clone(), log.clone());
                 let task = glommio::spawn_local(async move {
-                    get_chunk(&cache, &seg, start, need_end, limit).await
+                    get_chunk(&cache, &log, &seg, start, need_end, limit).await
                 });
                 tasks.push((start, task));
             }
@@ -300,6 +372,7 @@ fn slice_entry(
 /// read already in flight, or read now (waiting for a read slot).
 async fn get_chunk(
     cache: &Rc<ChunkCache>,
+    log: &Weak<Inner>,
     seg: &Rc<Segment>,
     start: u64,
     need_end: u64,
@@ -321,7 +394,7 @@ async fn get_chunk(
             .acquire_permit(1)
             .await
             .map_err(|_| EngineError::Closed)?;
-        let got = load(cache, seg, start, limit).await;
+        let got = load(cache, log, seg, start, limit).await;
         drop(permit);
         drop(guard);
         let bytes = got?;
@@ -340,6 +413,7 @@ async fn get_chunk(
 /// Reads the chunk at `start` (kept up to `limit`) and caches it.
 async fn load(
     cache: &ChunkCache,
+    log: &Weak<Inner>,
     seg: &Segment,
     start: u64,
     limit: u64,
@@ -350,10 +424,13 @@ async fn load(
     let len = crate::io::align_up(keep as u64) as usize;
     cache.reads_issued.set(cache.reads_issued.get() + 1);
     // Owned memory where the storage can (no copy out of glommio's `!Send` buffer): the
-    // batches sliced from it may be sent by other cores.
+    // batches sliced from it may be sent by other cores. In pieces while the log writes
+    // (as the last look at the log, here or by any other read or readahead slot, found it).
+    cache.piece_bytes(log);
+    let pace = cache.pace.clone();
     let mut bytes = seg
         .file
-        .read_shared(rel, len)
+        .read_shared_paced(rel, len, Arc::new(move || pace.load(Ordering::Relaxed)))
         .await
         .map_err(|e| EngineError::io("read segment", &seg.path, e))?;
     bytes.truncate(keep);
@@ -388,7 +465,7 @@ fn read_ahead(cache: &Rc<ChunkCache>, log: &Weak<Inner>, seg: &Rc<Segment>, last
                 return;
             };
             // A failed readahead is forgotten: the demand read will fail and report it.
-            let _ = load(&cache, &seg, start, limit).await;
+            let _ = load(&cache, &log, &seg, start, limit).await;
             drop(guard);
         })
         .detach();
@@ -396,7 +473,7 @@ fn read_ahead(cache: &Rc<ChunkCache>, log: &Weak<Inner>, seg: &Rc<Segment>, last
 }
 
 /// One readahead read in flight. [`MAX_READAHEAD_IN_FLIGHT`] are always allowed, up to
-/// [`MAX_READAHEAD_IN_FLIGHT_IDLE`] while the log has no write or fdatasync in flight.
+/// [`MAX_READAHEAD_IN_FLIGHT_IDLE`] while the log is idle (not [`ChunkCache::log_writing`]).
 struct AheadSlot {
     cache: Rc<ChunkCache>,
 }
@@ -410,10 +487,10 @@ impl AheadSlot {
             // Listeners first, then the check (no lost wake-ups).
             let ended = cache.ahead_done.listen();
             let changed = inner.gc.progress.listen();
-            let allowed = if inner.gc.quiescent() {
-                MAX_READAHEAD_IN_FLIGHT_IDLE
-            } else {
+            let allowed = if cache.log_writing(&inner) {
                 MAX_READAHEAD_IN_FLIGHT
+            } else {
+                MAX_READAHEAD_IN_FLIGHT_IDLE
             };
             let running = cache.ahead_running.get();
             if running < allowed {
@@ -622,6 +699,40 @@ mod tests {
             drop(got);
             drop(held);
             assert_eq!(cache.ahead_running.get(), 0);
+        });
+    }
+
+    #[test]
+    fn the_log_counts_as_writing_until_it_has_been_quiet_a_while() {
+        // Catches: chunk reads in pieces (and one readahead read) that never go back to whole
+        // chunks once appends stop (a catch-up slowed for good), and an append between two
+        // looks that goes unnoticed (whole chunks in front of a steady producer's appends).
+        run(|| async {
+            let io = MemStorage::new();
+            let s = open(&cfg("/rw", BacklogRead::Readahead), &io).await;
+            let log = Rc::downgrade(&s.inner);
+            let cache = s.inner.chunks.clone();
+            assert!(!cache.log_writing(&s.inner), "a fresh shard is idle");
+            assert_eq!(cache.piece_bytes(&log), CHUNK_BYTES as usize);
+            s.append(QueueId(0), batch(1, 0, -1, -1, 100), Durability::Written)
+                .await
+                .unwrap();
+            let t0 = Instant::now();
+            assert!(cache.log_writing(&s.inner), "an append went unnoticed");
+            assert_eq!(cache.piece_bytes(&log), PIECE_BYTES_WHILE_WRITING);
+            // Idle again once LOG_QUIET_AFTER has passed without a write.
+            while cache.log_writing(&s.inner) {
+                assert!(t0.elapsed() < 50 * LOG_QUIET_AFTER, "never idle again");
+                glommio::timer::sleep(LOG_QUIET_AFTER / 10).await;
+            }
+            assert!(t0.elapsed() >= LOG_QUIET_AFTER);
+            assert_eq!(cache.piece_bytes(&log), CHUNK_BYTES as usize);
+            drop(s);
+            assert_eq!(
+                cache.piece_bytes(&log),
+                CHUNK_BYTES as usize,
+                "a gone shard"
+            );
         });
     }
 
