@@ -436,6 +436,21 @@ mod tests {
         (0..len).map(|i| (i * 7 % 253) as u8).collect()
     }
 
+    /// Runs `body` on an executor with a direct file of `len` bytes (a multiple of the block
+    /// size) holding [`pattern`], and that pattern.
+    fn with_direct_file<F, Fut>(len: usize, body: F)
+    where
+        F: FnOnce(Rc<dyn StorageFile>, Vec<u8>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let f = direct_file(&path, len).await;
+            body(f, pattern(len)).await
+        });
+    }
+
     /// A direct file of `len` bytes (a multiple of the block size) holding [`pattern`].
     async fn direct_file(dir: &std::path::Path, len: usize) -> Rc<dyn StorageFile> {
         let io = GlommioStorage;
@@ -455,12 +470,7 @@ mod tests {
         // exposes bytes past the end of the file, memory freed while a slice still refers to
         // it (the file closed, the chunk evicted), a slice invalid on another thread, and a
         // read that silently took the copying path.
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().to_path_buf();
-        run(move || async move {
-            let len = 3 << 20;
-            let f = direct_file(&path, len).await;
-            let want = pattern(len);
+        with_direct_file(3 << 20, |f, want| async move {
             let issued = OWNED_READS_ISSUED.with(Cell::get);
             let a = f.read_shared(1 << 20, 1 << 20).await.expect("read");
             assert_eq!(
@@ -496,12 +506,8 @@ mod tests {
         // at the end of the file, and a piece size that is not asked again before each piece
         // (the rest read in one go once the caller allows it).
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().to_path_buf();
-        run(move || async move {
-            let len = 3 << 20;
-            let f = direct_file(&path, len).await;
-            let want = pattern(len);
+        with_direct_file(3 << 20, |f, want| async move {
+            let len = want.len();
             let piece = 256 << 10;
             // 2 MiB at 2 MiB: 1 MiB there (a short read at the end of the file).
             for (pos, n) in [(0, 2 << 20), (1 << 20, 2 << 20), (2 << 20, 2 << 20)] {
@@ -541,13 +547,9 @@ mod tests {
     fn reads_beyond_the_owned_slots_take_the_copying_path_and_are_exact() {
         // Catches: reads past MAX_OWNED_READS_IN_FLIGHT waiting for a pool thread (or failing)
         // instead of going through io_uring, wrong bytes on either path, leaked slots.
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().to_path_buf();
-        run(move || async move {
-            let n = MAX_OWNED_READS_IN_FLIGHT + 3;
-            let chunk = 256 << 10;
-            let f = direct_file(&path, n * chunk).await;
-            let want = pattern(n * chunk);
+        let n = MAX_OWNED_READS_IN_FLIGHT + 3;
+        let chunk = 256 << 10;
+        with_direct_file(n * chunk, move |f, want| async move {
             let issued = OWNED_READS_ISSUED.with(Cell::get);
             // All started (polled once) before any is awaited to the end.
             let mut reads: Vec<_> = (0..n)

@@ -266,6 +266,14 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
 
+    fn open_direct(path: &std::path::Path) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .expect("open direct")
+    }
+
     fn file_with(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("f");
@@ -281,11 +289,7 @@ mod tests {
         // loops on the short read at the end, or reads at the wrong position.
         let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
         let (_dir, path) = file_with(&data);
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .expect("open direct");
+        let f = open_direct(&path);
         let mut b = AlignedBuf::new(8 * 4096).expect("buf");
         assert_eq!(
             b.fill_from(f.as_raw_fd(), 4096).expect("fill"),
@@ -304,11 +308,7 @@ mod tests {
         // file (short or exactly at a piece boundary), and a wrong "more may follow".
         let data: Vec<u8> = (0..10 * 4096 + 300).map(|i| (i * 13 % 251) as u8).collect();
         let (_dir, path) = file_with(&data);
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .expect("open direct");
+        let f = open_direct(&path);
         for (cap, pos) in [(16 * 4096, 4096), (4 * 4096, 0), (8 * 4096, 3 * 4096)] {
             let mut one = AlignedBuf::new(cap).expect("buf");
             one.fill_from(f.as_raw_fd(), pos).expect("fill");
@@ -335,11 +335,7 @@ mod tests {
         }
         // The file ending exactly where a piece does: one more (empty) read says so.
         let (_dir2, path2) = file_with(&data[..2 * 4096]);
-        let f2 = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path2)
-            .expect("open direct");
+        let f2 = open_direct(&path2);
         let mut b = AlignedBuf::new(4 * 4096).expect("buf");
         assert!(b.fill_piece(f2.as_raw_fd(), 0, 2 * 4096).expect("piece"));
         assert!(!b.fill_piece(f2.as_raw_fd(), 0, 2 * 4096).expect("piece"));
@@ -354,11 +350,7 @@ mod tests {
             .map(|i| (i % 241) as u8)
             .collect();
         let (_dir, path) = file_with(&data);
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .expect("open direct");
+        let f = open_direct(&path);
         let mut b = AlignedBuf::new(2 * HUGE_PAGE_BYTES).expect("buf");
         assert_eq!(b.as_ref().as_ptr() as usize % HUGE_PAGE_BYTES, 0);
         assert_eq!(b.fill_from(f.as_raw_fd(), 0).expect("fill"), data.len());
