@@ -120,8 +120,9 @@ stat() {
     echo "$vals" | sort -g | awk '{v[NR]=$1} END {m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%.1f [%.1f..%.1f]", m, v[1], v[NR]}'
 }
 median() { stat "$1" "$2" | cut -d' ' -f1; }
-# loads PREFIX: the load average recorded in each run's .meta file.
-loads() { for i in $(seq 1 "$REPS"); do grep -o 'load1=[0-9.]*' "$OUT_DIR/${1}_$i.meta" | cut -d= -f2; done | tr '\n' ' '; }
+# loads NAME: the load1 recorded in the .meta file of each run NAME_<i> that has one (a loop of
+# runs may stop early).
+loads() { for i in $(seq 1 "$REPS"); do if [[ -f "$OUT_DIR/${1}_$i.meta" ]]; then grep -o 'load1=[0-9.]*' "$OUT_DIR/${1}_$i.meta" | cut -d= -f2; fi; done | tr '\n' ' '; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
 
 # seconds_summary JSON [produce|e2e]: over the measured seconds of one loadgen report (warm-up
