@@ -249,7 +249,7 @@ if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
     for send in $SEND_MODES; do
         for c in 1 8; do
             t="tail$c$(send_sfx "$send")"
-            say "  $c consumer(s) $send: p50 $(stat "$t" "$E.latency.p50_us")  p99 $(stat "$t" "$E.latency.p99_us")  p99.9 $(stat "$t" "$E.latency.p999_us")  consumed $(stat "$t" "$E.mb_per_s") MB/s (load1 $(loads "$t"))"
+            say "  $c consumer(s) $send: p50 $(stat "$t" "$E.latency.p50_us")  p99 $(stat "$t" "$E.latency.p99_us")  p99.9 $(stat "$t" "$E.latency.p999_us")  consumed $(stat "$t" "$E.mb_per_s") MB/s; produce requests p99 $(stat "$t" ".results.produce_request.p99_us") (the broker's share; the rest is the client's wait) (load1 $(loads "$t"))"
         done
     done
     P99=$(median tail1 "$E.latency.p99_us")
