@@ -18,7 +18,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -456,13 +456,7 @@ fn read_buffered(files: &[PathBuf], shape: Shape, limit: u64, sequential: bool) 
     let mut buf = vec![0u8; shape.read_bytes];
     let mut total = 0u64;
     while let Some((f, pos, len)) = cur.next(shape.read_bytes) {
-        let fd = cur.files[f].0.as_raw_fd();
-        // SAFETY: `buf` holds at least `len` writable bytes.
-        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), len, pos as libc::off_t) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        total += n as u64;
+        total += cur.files[f].0.read_at(&mut buf[..len], pos)? as u64;
     }
     Ok(total)
 }
@@ -470,7 +464,6 @@ fn read_buffered(files: &[PathBuf], shape: Shape, limit: u64, sequential: bool) 
 /// Writes a file of `bytes` (a multiple of 4 MiB, rounded up) of non-repeating data with
 /// O_DIRECT and syncs it: the cold file the runs read when no files are given.
 pub fn create_file(path: &Path, bytes: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
     const W: usize = 4 << 20;
     let f = std::fs::OpenOptions::new()
         .write(true)

@@ -304,11 +304,7 @@ impl StorageFile for GlommioFile {
         })
     }
 
-    fn read_shared(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes> {
-        self.read_shared_paced(pos, len, Arc::new(move || len))
-    }
-
-    fn read_shared_paced(&self, pos: u64, len: usize, pace: Pace) -> IoFuture<'_, Bytes> {
+    fn read_shared(&self, pos: u64, len: usize, pace: Pace) -> IoFuture<'_, Bytes> {
         Box::pin(async move {
             let Handle::Direct { r, .. } = self.handle()? else {
                 return self.read_at(pos, len).await.map(Bytes::from);
@@ -417,7 +413,7 @@ impl StorageFile for GlommioFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::BLOCK_BYTES;
+    use crate::io::{whole, BLOCK_BYTES};
 
     fn run<F, Fut>(f: F)
     where
@@ -472,7 +468,10 @@ mod tests {
         // read that silently took the copying path.
         with_direct_file(3 << 20, |f, want| async move {
             let issued = OWNED_READS_ISSUED.with(Cell::get);
-            let a = f.read_shared(1 << 20, 1 << 20).await.expect("read");
+            let a = f
+                .read_shared(1 << 20, 1 << 20, whole(1 << 20))
+                .await
+                .expect("read");
             assert_eq!(
                 OWNED_READS_ISSUED.with(Cell::get),
                 issued + 1,
@@ -485,7 +484,10 @@ mod tests {
             );
             assert_eq!(&a[..], &want[1 << 20..2 << 20]);
             // Past the end: what is there.
-            let end = f.read_shared(2 << 20, 2 << 20).await.expect("read");
+            let end = f
+                .read_shared(2 << 20, 2 << 20, whole(2 << 20))
+                .await
+                .expect("read");
             assert_eq!(&end[..], &want[2 << 20..]);
             let slice = a.slice(4000..900_000);
             drop(a);
@@ -511,10 +513,10 @@ mod tests {
             let piece = 256 << 10;
             // 2 MiB at 2 MiB: 1 MiB there (a short read at the end of the file).
             for (pos, n) in [(0, 2 << 20), (1 << 20, 2 << 20), (2 << 20, 2 << 20)] {
-                let one = f.read_shared(pos as u64, n).await.expect("read");
+                let one = f.read_shared(pos as u64, n, whole(n)).await.expect("read");
                 let before = OWNED_READ_PIECES.with(Cell::get);
                 let got = f
-                    .read_shared_paced(pos as u64, n, Arc::new(move || piece))
+                    .read_shared(pos as u64, n, Arc::new(move || piece))
                     .await
                     .expect("read");
                 let pieces = OWNED_READ_PIECES.with(Cell::get) - before;
@@ -534,7 +536,7 @@ mod tests {
                 }
             });
             let before = OWNED_READ_PIECES.with(Cell::get);
-            let got = f.read_shared_paced(0, 2 << 20, pace).await.expect("read");
+            let got = f.read_shared(0, 2 << 20, pace).await.expect("read");
             assert_eq!(OWNED_READ_PIECES.with(Cell::get) - before, 3);
             assert_eq!(asked.load(Ordering::Relaxed), 3);
             assert_eq!(&got[..], &want[..2 << 20]);
@@ -553,7 +555,7 @@ mod tests {
             let issued = OWNED_READS_ISSUED.with(Cell::get);
             // All started (polled once) before any is awaited to the end.
             let mut reads: Vec<_> = (0..n)
-                .map(|i| Some(f.read_shared((i * chunk) as u64, chunk)))
+                .map(|i| Some(f.read_shared((i * chunk) as u64, chunk, whole(chunk))))
                 .collect();
             let mut results: Vec<Option<io::Result<Bytes>>> = (0..n).map(|_| None).collect();
             std::future::poll_fn(|cx| {

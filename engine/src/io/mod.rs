@@ -33,9 +33,14 @@ use std::rc::Rc;
 /// Alignment (and granularity) of O_DIRECT positions and lengths.
 pub const BLOCK_BYTES: u64 = 4096;
 
-/// Says, before each piece of a [`StorageFile::read_shared_paced`], the most bytes it may
-/// read; called on the thread doing the read.
+/// Says, before each piece of a [`StorageFile::read_shared`], the most bytes it may read;
+/// called on the thread doing the read.
 pub type Pace = std::sync::Arc<dyn Fn() -> usize + Send + Sync>;
+
+/// A [`Pace`] that lets a read of `len` bytes go in one piece.
+pub fn whole(len: usize) -> Pace {
+    std::sync::Arc::new(move || len)
+}
 
 /// A boxed, `!Send` I/O future.
 pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + 'a>>;
@@ -127,23 +132,18 @@ pub trait StorageFile {
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Vec<u8>>;
     /// As [`StorageFile::read_at`], as `Bytes` that may be sliced and sent to other threads,
     /// read without a copy where the backend can (glommio: into an [`AlignedBuf`] on a
-    /// blocking-pool thread, see `glommio_impl.rs`). The default wraps `read_at`'s `Vec`
-    /// (no copy either).
-    fn read_shared(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes> {
-        Box::pin(async move { self.read_at(pos, len).await.map(Bytes::from) })
-    }
-    /// As [`StorageFile::read_shared`], issued as a sequence of smaller reads into the same
-    /// buffer where the backend can (glommio's owned reads, one after the other on the same
-    /// pool thread): before each one, `pace()` says how many bytes it may read at most
-    /// (rounded up to [`BLOCK_BYTES`]; the rest of the read in one go when it is `len` or
-    /// more). `pace` is called on that thread, so it reads shared state (an atomic the
-    /// caller updates), not the executor's. So a caller can keep few bytes in the disk's
-    /// queue while something more urgent shares it, and read the rest in one request once
-    /// it is gone. The result is the same bytes as one read. The default ignores `pace` (an
-    /// in-memory backend has no queue).
-    fn read_shared_paced(&self, pos: u64, len: usize, pace: Pace) -> IoFuture<'_, Bytes> {
+    /// blocking-pool thread, see `glommio_impl.rs`), and as a sequence of smaller reads into
+    /// the same buffer: before each one, `pace()` says how many bytes it may read at most
+    /// (rounded up to [`BLOCK_BYTES`]; the rest in one go when it is `len` or more; [`whole`]
+    /// reads it all at once). `pace` is called on the reading thread, so it reads shared
+    /// state (an atomic the caller updates), not the executor's. So a caller can keep few
+    /// bytes in the disk's queue while something more urgent shares it, and read the rest in
+    /// one request once it is gone. The result is the same bytes as one read. The default
+    /// wraps `read_at`'s `Vec` (no copy either) and ignores `pace` (an in-memory backend has
+    /// no queue).
+    fn read_shared(&self, pos: u64, len: usize, pace: Pace) -> IoFuture<'_, Bytes> {
         let _ = pace;
-        self.read_shared(pos, len)
+        Box::pin(async move { self.read_at(pos, len).await.map(Bytes::from) })
     }
     fn fdatasync(&self) -> IoFuture<'_, ()>;
     /// Allocates the file's blocks up to `len` bytes and sets its size to at least `len`.

@@ -40,7 +40,7 @@
 //!   [`MAX_READAHEAD_IN_FLIGHT_IDLE`] while the log is idle (no write or fdatasync in flight
 //!   and none completed for [`LOG_QUIET_AFTER`], [`ChunkCache::log_writing`]). While the log
 //!   writes, each chunk read asks the disk for at most [`PIECE_BYTES_WHILE_WRITING`] at a time
-//!   (`StorageFile::read_shared_paced`), so its writes queue behind at most
+//!   (`StorageFile::read_shared`), so its writes queue behind at most
 //!   `(MAX_CHUNK_READS_IN_FLIGHT + MAX_READAHEAD_IN_FLIGHT) x PIECE_BYTES_WHILE_WRITING` of
 //!   the shard's reads (plus, once, the whole chunks a read started while the log was idle);
 //!   at most [`MAX_LOADING_CHUNKS`] chunks are queued or being read.
@@ -430,7 +430,7 @@ async fn load(
     let pace = cache.pace.clone();
     let mut bytes = seg
         .file
-        .read_shared_paced(rel, len, Arc::new(move || pace.load(Ordering::Relaxed)))
+        .read_shared(rel, len, Arc::new(move || pace.load(Ordering::Relaxed)))
         .await
         .map_err(|e| EngineError::io("read segment", &seg.path, e))?;
     bytes.truncate(keep);
