@@ -4,6 +4,8 @@
 //! narrow a run to one configuration; `RINGMQ_BENCH_MIB=64` shortens each run;
 //! `RINGMQ_BENCH_OPEN_MBPS=500` fixes the open loop's offered rate;
 //! `RINGMQ_BENCH_SEGMENT_MIB=320` sets the segment size (e.g. so a run never rolls);
+//! `RINGMQ_BENCH_ZERO_AHEAD=wait` starts each run once the fresh shard has zero-filled its
+//! active segment (`off`: the engine never zero-fills; `on`, the default: runs start at once);
 //! `RINGMQ_BENCH_IO_MEMORY_KIB` sets the executor's registered I/O memory.
 //! Files go to a temp dir under `RINGMQ_BENCH_DIR` (default: the current directory, so the
 //! disk measured is the one the data would live on, not a tmpfs).

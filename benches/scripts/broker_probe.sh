@@ -10,10 +10,10 @@
 #   e.g. benches/scripts/broker_probe.sh target/release/ringmq 20000 all 16 --iowq-cpus others
 # Knobs (environment): DURATION (6s), LINGER_MS (0), BROKER_CPU (0), LOADGEN_CPU (1),
 # LOADGEN (target/release/ringmq-loadgen), OUT_DIR (a fresh /tmp dir; the broker's data
-# directory in it is deleted at the end), ZERO_FIRST_SEGMENT (0; 1: after creating the topic,
-# stop the broker, overwrite its first segment from 64 MiB on with zeros (dd, O_DIRECT) and
-# restart it on the same data, so that appends land in written extents as they do on a segment
-# the engine zero-filled ahead of time; the log must still be below 64 MiB then).
+# directory in it is deleted at the end). After creating the topic the script waits until the
+# broker has zero-filled its active segment (`wait_zero_ahead` in lib.sh; not with
+# `--zero-ahead false` among the broker args, which is how to measure appends into fallocated
+# blocks).
 # Needs: jq, taskset, perf (root).
 set -euo pipefail
 
@@ -43,14 +43,7 @@ trap cleanup EXIT
 
 RINGMQ_BIN=$BIN_UNDER_TEST start_broker probe "$OUT_DIR/data" "$@"
 create_topic probe "$PARTITIONS"
-if [[ "${ZERO_FIRST_SEGMENT:-0}" == 1 ]]; then
-    stop_broker
-    for seg in "$OUT_DIR"/data/shard-*/00000000000000000000.log; do
-        dd if=/dev/zero of="$seg" bs=1M seek=64 count=$(($(command stat -c %s "$seg") / 1048576 - 64)) \
-            conv=notrunc oflag=direct status=none
-    done
-    RINGMQ_BIN=$BIN_UNDER_TEST start_broker probe "$OUT_DIR/data" "$@"
-fi
+wait_zero_ahead "$@"
 executor=""
 for t in /proc/"$BROKER_PID"/task/*; do
     if [[ "$(cat "$t/comm")" == ringmq-core-0* ]]; then

@@ -41,7 +41,7 @@ start_broker() {
     shift 2
     taskset -c "$BROKER_CPU" "${RINGMQ_BIN:-$BIN/ringmq}" --cores 1 --listen 127.0.0.1:0 --data-dir "$dir" \
         "$@" >"$logf" 2>&1 &
-    BROKER_PID=$!
+    BROKER_PID=$! BROKER_NAME=$name
     PORT=$(broker_port "$logf" "$BROKER_PID" 60)
     if [[ -z "$PORT" ]]; then
         echo "broker did not start; log:" >&2
@@ -49,6 +49,20 @@ start_broker() {
         exit 2
     fi
     log "broker $name $* pid $BROKER_PID on port $PORT"
+}
+# wait_zero_ahead [BROKER ARGS...]: wait (up to 120 s) until the broker started last logged that
+# its active segment is zero-filled ahead of the log (engine/src/log/zero_ahead.rs: it does so
+# once the log has been quiet for 100 ms, about a second for a fresh 1 GiB segment here), so
+# that the measured appends land on written blocks as they do on a broker that has been up for a
+# moment. Returns at once when the arguments turn zero-ahead off.
+wait_zero_ahead() {
+    [[ " $* " =~ [[:space:]]--zero-ahead([[:space:]]|=)false[[:space:]] ]] && return 0
+    local logf="$OUT_DIR/broker-$BROKER_NAME.log" i
+    for ((i = 0; i < 1200; i++)); do
+        grep -q 'active segment zero-filled' "$logf" && return 0
+        sleep 0.1
+    done
+    echo "broker never logged its segment zero-filled; going on" >&2
 }
 # create_topic NAME PARTITIONS: CreateTopics on the broker at $PORT through loadgen ($LOADGEN if
 # set, else $BIN/ringmq-loadgen; no records sent); its output goes to OUT_DIR.

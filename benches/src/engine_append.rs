@@ -50,6 +50,23 @@ pub struct Plan {
     pub bare_fsync_pairs: usize,
     /// Offered rate of the open-loop run; None: [`OPEN_LOOP_LOAD`] x the closed-loop rate.
     pub open_loop_mb_per_s: Option<f64>,
+    /// The engine's zero-fill of the active segment ahead of the log (`ShardConfig::zero_ahead`).
+    pub zero_ahead: ZeroAhead,
+}
+
+/// How engine runs treat the shard's zero-fill ahead of the log ([`ZERO_AHEAD_ENV`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroAhead {
+    /// Turned off: every append lands in fallocated (unwritten) blocks.
+    Off,
+    /// On, as configured by default, and the run starts at once: the log is never quiet long
+    /// enough for it, so appends land in fallocated blocks as with `Off` (a broker under load
+    /// from its first second).
+    On,
+    /// On, and the run starts once the fresh shard has zero-filled its active segment (a
+    /// broker that was up and quiet for a moment); with a segment larger than the run, every
+    /// append overwrites written blocks.
+    Wait,
 }
 
 /// Environment variables that narrow a plan to a subset (comma-separated lists), so that
@@ -66,8 +83,12 @@ pub const OPEN_MBPS_ENV: &str = "RINGMQ_BENCH_OPEN_MBPS";
 pub const MIB_ENV: &str = "RINGMQ_BENCH_MIB";
 /// Segment size in MiB (default: the plan's), e.g. to keep a run inside one segment.
 pub const SEGMENT_MIB_ENV: &str = "RINGMQ_BENCH_SEGMENT_MIB";
+/// `off`, `on` (default) or `wait`: see [`ZeroAhead`].
+pub const ZERO_AHEAD_ENV: &str = "RINGMQ_BENCH_ZERO_AHEAD";
 /// Most MiB per run a plan may ask for.
 pub const MAX_MIB_PER_RUN: u64 = 16 << 10;
+/// How long a run waits for [`ZeroAhead::Wait`] at most.
+const ZERO_AHEAD_WAIT_LIMIT: Duration = Duration::from_secs(120);
 /// Most repetitions a plan may ask for.
 pub const MAX_REPETITIONS: usize = 50;
 
@@ -83,6 +104,7 @@ impl Plan {
             durabilities: vec![Durability::Written, Durability::Durable],
             bare_fsync_pairs: 1000,
             open_loop_mb_per_s: None,
+            zero_ahead: ZeroAhead::On,
         }
     }
 
@@ -137,6 +159,18 @@ impl Plan {
                     .filter(|r: &f64| *r > 0.0 && r.is_finite())
                     .ok_or_else(|| format!("{OPEN_MBPS_ENV}: want a positive rate, got {v:?}"))?,
             );
+        }
+        if let Some(v) = var(ZERO_AHEAD_ENV) {
+            self.zero_ahead = match v.trim() {
+                "off" => ZeroAhead::Off,
+                "on" => ZeroAhead::On,
+                "wait" => ZeroAhead::Wait,
+                other => {
+                    return Err(format!(
+                        "{ZERO_AHEAD_ENV}: want off, on or wait, got {other:?}"
+                    ))
+                }
+            };
         }
         if let Some(v) = var(REPS_ENV) {
             self.repetitions = v
@@ -231,10 +265,11 @@ impl Report {
         line(
             &mut out,
             format!(
-                "engine append: 1 KiB records, {} appenders, {} MiB per run, segments {} MiB, median of {}",
+                "engine append: 1 KiB records, {} appenders, {} MiB per run, segments {} MiB, zero-ahead {:?}, median of {}",
                 plan.appenders,
                 plan.bytes_per_run >> 20,
                 plan.segment_size_bytes >> 20,
+                plan.zero_ahead,
                 plan.repetitions
             ),
         );
@@ -626,9 +661,21 @@ pub async fn append_run(
         dir: shard_dir.clone(),
         segment_size_bytes: plan.segment_size_bytes,
         max_batch_bytes: MAX_BATCH_BYTES,
+        zero_ahead: plan.zero_ahead != ZeroAhead::Off,
         ..ShardConfig::default()
     };
     let shard = Shard::open(config).await?;
+    if plan.zero_ahead == ZeroAhead::Wait {
+        let t0 = Instant::now();
+        while !shard.zero_ahead().1 {
+            if t0.elapsed() > ZERO_AHEAD_WAIT_LIMIT {
+                return Err(EngineError::Config(
+                    "the shard did not zero-fill its active segment in time",
+                ));
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let claimed = Rc::new(Cell::new(0u64));
     let next_append = Rc::new(Cell::new(0u64));
     // Made before the clock starts: each histogram is ~400 KiB of zeroed counters, and when

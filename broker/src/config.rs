@@ -64,6 +64,12 @@ pub struct Cli {
     /// Size of each commit-log segment file (preallocated).
     #[arg(long, env = "RINGMQ_SEGMENT_SIZE_BYTES")]
     pub segment_size_bytes: Option<u64>,
+    /// Zero-fill the active commit-log segment ahead of the write head while the log is quiet
+    /// (true/false, default true), so that later appends overwrite written blocks: on ext4
+    /// their writes and fdatasyncs then change no extent metadata (kernel-notes/
+    /// fdatasync-and-group-commit.md).
+    #[arg(long, env = "RINGMQ_ZERO_AHEAD", action = clap::ArgAction::Set)]
+    pub zero_ahead: Option<bool>,
     /// Background flush interval: acks=1 data becomes durable within this time (default 500,
     /// RocketMQ's async flush; 0 turns it off, leaving acks=1 data to the periodic checkpoint).
     #[arg(long, env = "RINGMQ_FLUSH_INTERVAL_MS")]
@@ -158,6 +164,7 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     segment_size_bytes: Option<u64>,
+    zero_ahead: Option<bool>,
     flush_interval_ms: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
     group_min_session_timeout_ms: Option<i32>,
@@ -185,6 +192,7 @@ pub struct Config {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub segment_size_bytes: u64,
+    pub zero_ahead: bool,
     pub flush_interval_ms: Option<u64>,
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: i32,
@@ -233,6 +241,7 @@ impl Default for Config {
             auto_create_topics: true,
             default_partitions: 1,
             segment_size_bytes: 1 << 30,
+            zero_ahead: true,
             flush_interval_ms: Some(DEFAULT_FLUSH_INTERVAL_MS),
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
@@ -298,6 +307,7 @@ impl Config {
                 .segment_size_bytes
                 .or(file.segment_size_bytes)
                 .unwrap_or(d.segment_size_bytes),
+            zero_ahead: cli.zero_ahead.or(file.zero_ahead).unwrap_or(d.zero_ahead),
             flush_interval_ms: cli
                 .flush_interval_ms
                 .or(file.flush_interval_ms)

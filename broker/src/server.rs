@@ -280,6 +280,7 @@ async fn open_store(config: &Config, id: usize) -> Result<Store, String> {
             let shard_config = ShardConfig {
                 dir,
                 segment_size_bytes: config.segment_size_bytes,
+                zero_ahead: config.zero_ahead,
                 flush_interval_ms: config.flush_interval_ms,
                 io_memory_bytes: io_memory_per_core(config.cores),
                 backlog_read: config.fetch_backlog_read.into(),

@@ -38,6 +38,18 @@
 //! of 1-60 us, and milliseconds only when the earlier one is stuck, which is exactly when the
 //! later one's early success is not to be trusted.
 //!
+//! Exposed syncs. The prefix rule protects a later sync from an earlier one, not an earlier
+//! one from a later one, and the buffer list is taken by whichever fdatasync reaches it first,
+//! not by the first started: io_uring runs each fdatasync on its own io-wq worker. So sync
+//! #n-1 can find the list empty because #n, started later, took the extent conversions of
+//! #n-1's own range, and return before they are written. A sync whose range may hold such
+//! conversions ("exposed": anything but blocks that `log::zero_ahead` zero-filled and synced
+//! before the appends overwrote them) therefore counts only once every sync started before it
+//! COMPLETED has completed too (`SyncFlight::barrier`), since only those can have taken its
+//! buffers. With the next sync already in flight that holds an exposed sync's waiters until
+//! the next one completes; syncs of zero-filled blocks have nothing to take and count as soon
+//! as the prefix rule allows.
+//!
 //! Faults: a failed or short write, or a failed fdatasync, poisons the shard: every waiter
 //! not yet released and every later append gets `Poisoned`, whichever of the syncs in flight
 //! failed; a later sync completing successfully afterwards releases nothing. An fdatasync is
@@ -61,6 +73,7 @@
 //!   the completions of the running writes trigger the next cut, so under load writes stay
 //!   whole-block, large and pipelined.
 
+use crate::io::align_up;
 use crate::log::appender::PendingWrite;
 use crate::log::recovery::now_ms;
 use crate::shard::Inner;
@@ -203,6 +216,12 @@ struct SyncFlight {
     id: u64,
     target: u64,
     done: bool,
+    /// Its range may hold blocks whose extent conversion no sync has made durable yet (module
+    /// docs, "Exposed syncs").
+    exposed: bool,
+    /// Set at completion for an exposed sync: the newest sync started by then. It counts only
+    /// once every sync up to that one has completed too.
+    barrier: Option<u64>,
 }
 
 /// Positions, in-flight writes and waiters of one shard's commit log.
@@ -234,6 +253,9 @@ pub(crate) struct GroupCommit {
     pub kick: Rc<Event>,
     /// Notified whenever positions advance or the shard is poisoned.
     pub progress: Event,
+    /// Log position where a zero-ahead write in flight starts (`log::zero_ahead`): no write
+    /// reaching into it may be issued until it completes.
+    zero_write_from: Cell<Option<u64>>,
     #[cfg(feature = "commit-trace")]
     trace: crate::commit_trace::Trace,
 }
@@ -256,6 +278,7 @@ impl GroupCommit {
             dir_sync: RefCell::new(None),
             kick: Rc::new(Event::default()),
             progress: Event::default(),
+            zero_write_from: Cell::new(None),
             #[cfg(feature = "commit-trace")]
             trace: Default::default(),
         }
@@ -318,6 +341,16 @@ impl GroupCommit {
             }
         }
         OneShotWait(shot)
+    }
+
+    /// Where the zero-ahead write in flight starts, if one is.
+    pub fn zero_write_from(&self) -> Option<u64> {
+        self.zero_write_from.get()
+    }
+
+    /// Records the start of a zero-ahead write being issued (`Some`), or its completion.
+    pub fn set_zero_write_from(&self, from: Option<u64>) {
+        self.zero_write_from.set(from);
     }
 
     /// Asks for an fdatasync covering `pos` even if no `Durable` append waits.
@@ -438,8 +471,9 @@ impl GroupCommit {
         useful.then_some(written)
     }
 
-    /// Registers an fdatasync covering the log below `target`; returns its id.
-    fn begin_sync(&self, target: u64) -> u64 {
+    /// Registers an fdatasync covering the log below `target`; returns its id. `exposed`:
+    /// see [`SyncFlight::exposed`].
+    fn begin_sync(&self, target: u64, exposed: bool) -> u64 {
         let id = self.next_sync_id.get();
         self.next_sync_id.set(id + 1);
         let mut syncs = self.syncs.borrow_mut();
@@ -453,13 +487,36 @@ impl GroupCommit {
             id,
             target,
             done: false,
+            exposed,
+            barrier: None,
         });
         #[cfg(feature = "commit-trace")]
         self.trace.sync_started(id, target);
         id
     }
 
-    fn on_sync_done(&self, id: u64, r: WaitResult) {
+    /// Registers an fdatasync that covers no new log bytes: `log::zero_ahead`'s, after zero
+    /// writes into the active segment. Its target is where the syncs started so far reach, so
+    /// like any sync it counts only once every earlier one has succeeded, and every sync
+    /// started after it counts only once it has succeeded too: it may have taken extent
+    /// metadata those need off the inode's list (module docs). Returns its id for
+    /// [`GroupCommit::on_sync_done`].
+    pub(crate) fn begin_background_sync(&self) -> u64 {
+        let id = self.next_sync_id.get();
+        self.next_sync_id.set(id + 1);
+        let target = self.sync_started_upto();
+        self.syncs.borrow_mut().push_back(SyncFlight {
+            id,
+            target,
+            done: false,
+            exposed: false,
+            barrier: None,
+        });
+        id
+    }
+
+    /// Records the completion of sync `id`; a failure poisons the shard.
+    pub(crate) fn on_sync_done(&self, id: u64, r: WaitResult) {
         let advanced = {
             let mut syncs = self.syncs.borrow_mut();
             let i = syncs
@@ -474,9 +531,20 @@ impl GroupCommit {
                 false
             } else {
                 syncs[i].done = true;
-                // Only the completed prefix counts (module docs: why not any completed sync).
+                if syncs[i].exposed {
+                    syncs[i].barrier = Some(self.next_sync_id.get() - 1);
+                }
+                // Only the completed prefix counts (module docs: why not any completed sync),
+                // and an exposed sync only once the syncs started before it completed have
+                // completed too ("Exposed syncs").
                 let mut to = None;
-                while syncs.front().is_some_and(|s| s.done) {
+                while let Some(front) = syncs.front().filter(|s| s.done) {
+                    let waits = front
+                        .barrier
+                        .is_some_and(|b| syncs.iter().any(|s| !s.done && s.id <= b));
+                    if waits {
+                        break;
+                    }
                     to = syncs.pop_front().map(|s| s.target);
                 }
                 if let Some(t) = to {
@@ -526,6 +594,16 @@ impl Inner {
                 // not busy, its partial last block goes out now rather than after the writes
                 // in flight complete (module docs, "Cut policy").
                 let eager = !busy && self.gc.durability_wanted_beyond(st.appender.cut_mark());
+                // A zero-ahead write in flight must not land after a write of the same blocks:
+                // hold everything staged once it reaches into it (pending writes lie below
+                // `align_up(next_pos)`); its completion kicks the pump again.
+                if self
+                    .gc
+                    .zero_write_from()
+                    .is_some_and(|from| align_up(st.appender.next_pos()) > from)
+                {
+                    break;
+                }
                 // Sealed writes are older than the active buffer: issue them first so that
                 // `data_end` grows in issue order.
                 match st.appender.take_sealed() {
@@ -582,7 +660,9 @@ impl Inner {
         // The syncs started before this one cover the log below `from`; this one covers every
         // segment holding bytes in [from, target): usually one, two across a roll.
         let from = self.gc.sync_started_upto();
-        let id = self.gc.begin_sync(target);
+        let id = self
+            .gc
+            .begin_sync(target, !self.in_zeroed_blocks(from, target));
         let segs: Vec<_> = {
             let st = self.state.borrow();
             st.segments
@@ -663,7 +743,7 @@ mod tests {
         gc.on_write_done(a, true, Ok(()));
         assert!(gc.may_issue());
         assert_eq!(gc.sync_target(), Some(100));
-        let s = gc.begin_sync(100);
+        let s = gc.begin_sync(100, true);
         assert_eq!(
             gc.sync_target(),
             None,
@@ -701,7 +781,7 @@ mod tests {
         let gc = GroupCommit::new(0);
         let (x, y) = (gc.wait_for(100, true), gc.wait_for(200, true));
         write(&gc, 100);
-        let a = gc.begin_sync(gc.sync_target().expect("x waits"));
+        let a = gc.begin_sync(gc.sync_target().expect("x waits"), true);
         write(&gc, 200);
         gc.on_sync_done(a, Ok(()));
         assert_eq!(gc.synced(), 100);
@@ -726,7 +806,7 @@ mod tests {
                 "sync #{i} while {} run",
                 i - 1
             );
-            ids.push(gc.begin_sync(i * 100));
+            ids.push(gc.begin_sync(i * 100, false));
         }
         write(&gc, (n + 1) * 100);
         assert_eq!(gc.sync_target(), None, "{n} syncs in flight at most");
@@ -753,7 +833,7 @@ mod tests {
         let gc = GroupCommit::new(0);
         gc.want_sync(500);
         write(&gc, 100);
-        let a = gc.begin_sync(gc.sync_target().expect("flush wanted"));
+        let a = gc.begin_sync(gc.sync_target().expect("flush wanted"), true);
         write(&gc, 200);
         assert_eq!(gc.sync_target(), None, "one partial flush sync at a time");
         write(&gc, 500);
@@ -769,15 +849,48 @@ mod tests {
         let gc = GroupCommit::new(0);
         let (x, y) = (gc.wait_for(100, true), gc.wait_for(200, true));
         write(&gc, 100);
-        let a = gc.begin_sync(100);
+        let a = gc.begin_sync(100, true);
         write(&gc, 200);
-        let b = gc.begin_sync(gc.sync_target().expect("y waits beyond a"));
+        let b = gc.begin_sync(gc.sync_target().expect("y waits beyond a"), true);
         gc.on_sync_done(b, Ok(()));
         assert_eq!((gc.synced(), peek(&x), peek(&y)), (0, None, None));
         gc.on_sync_done(a, Ok(()));
         assert_eq!(gc.synced(), 200);
         assert_eq!((peek(&x), peek(&y)), (Some(Ok(())), Some(Ok(()))));
         assert!(gc.quiescent());
+    }
+
+    /// Catches: an exposed sync counting while a sync started before its completion still
+    /// runs (that one may have taken its extent conversions, "Exposed syncs"), and a sync of
+    /// zero-filled blocks being held back for no reason.
+    #[test]
+    fn an_exposed_sync_counts_only_after_the_syncs_started_before_it_completed() {
+        for exposed in [true, false] {
+            let gc = GroupCommit::new(0);
+            let (x, y) = (gc.wait_for(100, true), gc.wait_for(200, true));
+            write(&gc, 100);
+            let a = gc.begin_sync(100, exposed);
+            write(&gc, 200);
+            let b = gc.begin_sync(200, exposed);
+            gc.on_sync_done(a, Ok(()));
+            if exposed {
+                assert_eq!((gc.synced(), peek(&x)), (0, None), "b may hold a's buffers");
+            } else {
+                assert_eq!((gc.synced(), peek(&x)), (100, Some(Ok(()))));
+            }
+            assert_eq!(peek(&y), None);
+            gc.on_sync_done(b, Ok(()));
+            assert_eq!(gc.synced(), 200);
+            assert_eq!((peek(&x), peek(&y)), (Some(Ok(())), Some(Ok(()))));
+            assert!(gc.quiescent());
+        }
+        // A sync started after an exposed one completed cannot have taken its buffers.
+        let gc = GroupCommit::new(0);
+        let x = gc.wait_for(100, true);
+        write(&gc, 100);
+        let a = gc.begin_sync(100, true);
+        gc.on_sync_done(a, Ok(()));
+        assert_eq!((gc.synced(), peek(&x)), (100, Some(Ok(()))));
     }
 
     /// Catches: a failure of one of two syncs in flight releasing (or leaving hanging) a
@@ -789,14 +902,14 @@ mod tests {
             let gc = GroupCommit::new(0);
             let w0 = gc.wait_for(50, true);
             write(&gc, 50);
-            let s0 = gc.begin_sync(50);
+            let s0 = gc.begin_sync(50, true);
             gc.on_sync_done(s0, Ok(()));
             assert_eq!(peek(&w0), Some(Ok(())));
             let (x, y) = (gc.wait_for(100, true), gc.wait_for(200, true));
             write(&gc, 100);
-            let a = gc.begin_sync(100);
+            let a = gc.begin_sync(100, true);
             write(&gc, 200);
-            let b = gc.begin_sync(200);
+            let b = gc.begin_sync(200, true);
             let (bad, good) = if earlier_fails { (a, b) } else { (b, a) };
             gc.on_sync_done(bad, Err("flush failed".into()));
             gc.on_sync_done(good, Ok(()));
@@ -852,38 +965,83 @@ mod tests {
     /// sees the second sync start).
     #[test]
     fn a_durable_ack_needs_a_sync_started_after_its_write_completed() {
-        run(|| async {
-            let io = MemStorage::new();
-            let c = cfg("/pipelined-ack");
-            let s = open(&c, &io).await;
-            io.set_strict_fsync(true);
-            io.hold_fsyncs(true);
-            let x = durable_append(&s, 100);
-            until("x's sync starts", || held_segment_syncs(&io).len() == 1).await;
-            let y = durable_append(&s, 200);
-            until("y's sync starts beside x's", || {
-                held_segment_syncs(&io).len() == 2
-            })
-            .await;
-            let held = held_segment_syncs(&io);
-            assert!(io.finish_held_fsync(held[0], true));
+        // Appends into zero-filled blocks (x's sync is not exposed: x is acknowledged when it
+        // completes) and into fallocated ones (it is: x waits for y's sync too).
+        for zeroed in [true, false] {
+            run(move || async move {
+                let io = MemStorage::new();
+                let c = cfg("/pipelined-ack");
+                let s = open(&c, &io).await;
+                if zeroed {
+                    io.set_prefers_written_extents(true);
+                    drop(s);
+                    let s2 = open(&c, &io).await;
+                    for _ in 0..30_000 {
+                        if s2.zero_ahead().1 {
+                            break;
+                        }
+                        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    assert!(s2.zero_ahead().1, "the segment was never zero-filled");
+                    run_pipelined_ack_case(&c, &io, s2, zeroed).await;
+                } else {
+                    run_pipelined_ack_case(&c, &io, s, zeroed).await;
+                }
+            });
+        }
+    }
+
+    async fn run_pipelined_ack_case(
+        c: &crate::ShardConfig,
+        io: &MemStorage,
+        s: Rc<Shard>,
+        zeroed: bool,
+    ) {
+        io.set_strict_fsync(true);
+        io.hold_fsyncs(true);
+        let x = durable_append(&s, 100);
+        until("x's sync starts", || held_segment_syncs(io).len() == 1).await;
+        let y = durable_append(&s, 200);
+        until("y's sync starts beside x's", || {
+            held_segment_syncs(io).len() == 2
+        })
+        .await;
+        let held = held_segment_syncs(io);
+        assert!(io.finish_held_fsync(held[0], true));
+        let x = if zeroed {
+            let xr = x.await;
+            assert!(matches!(xr, Some(Ok(_))), "x is covered by the first sync");
+            None
+        } else {
+            for _ in 0..100 {
+                futures_lite::future::yield_now().await;
+            }
             assert!(
-                matches!(x.await, Some(Ok(_))),
-                "x is covered by the first sync"
+                s.durable_log_pos() < s.inner.gc.written(),
+                "an exposed sync counted while a sync started before it completed still runs"
             );
-            // Power fails with y's sync still open: y must not have been acknowledged.
-            io.crash(CrashMode::DropUnsynced);
-            io.finish_held_fsync(held[1], true);
-            let yr = y.await;
+            Some(x)
+        };
+        // Power fails with y's sync still open: y must not have been acknowledged (nor x, when
+        // its sync was exposed).
+        io.crash(CrashMode::DropUnsynced);
+        io.finish_held_fsync(held[1], true);
+        let yr = y.await;
+        assert!(
+            matches!(yr, Some(Err(EngineError::Poisoned { .. }))),
+            "y acknowledged by a sync that started before its write completed: {yr:?}"
+        );
+        if let Some(x) = x {
+            let xr = x.await;
             assert!(
-                matches!(yr, Some(Err(EngineError::Poisoned { .. }))),
-                "y acknowledged by a sync that started before its write completed: {yr:?}"
+                matches!(xr, Some(Err(EngineError::Poisoned { .. }))),
+                "x acknowledged by an exposed sync: {xr:?}"
             );
-            drop(s);
-            io.hold_fsyncs(false);
-            let s = open(&c, &io).await;
-            assert_eq!(read_all(&s, QueueId(1)).await, vec![(0, 1)]);
-        });
+        }
+        drop(s);
+        io.hold_fsyncs(false);
+        let s = open(c, io).await;
+        assert_eq!(read_all(&s, QueueId(1)).await, vec![(0, 1)]);
     }
 
     /// Two syncs in flight, one fails. Catches: acknowledging a waiter that no successful

@@ -91,6 +91,10 @@ pub struct ShardConfig {
     pub io_memory_bytes: usize,
     /// How batches no longer in the tail cache are read. Default [`BacklogRead::Readahead`].
     pub backlog_read: BacklogRead,
+    /// Zero-fill the active segment ahead of the write head once the log has been quiet for a
+    /// moment, so later appends overwrite written blocks (cheaper writes and fdatasyncs on
+    /// ext4; `log::zero_ahead`). Only on storage that prefers written extents. Default true.
+    pub zero_ahead: bool,
 }
 
 /// How [`Shard::read`] and [`Shard::read_sendable`] read batches that are not in the tail
@@ -131,6 +135,7 @@ impl Default for ShardConfig {
             max_batch_bytes: 8 << 20,
             io_memory_bytes: recommended_io_memory_bytes(),
             backlog_read: BacklogRead::default(),
+            zero_ahead: true,
         }
     }
 }

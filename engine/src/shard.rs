@@ -83,6 +83,10 @@ pub(crate) struct Inner {
     /// Segments whose index file recovery found unusable and rebuilt by a scan (tests and
     /// metrics).
     pub rebuilt_segments: u64,
+    /// Zero-filling the active segment ahead of the log while it is quiet (`log::zero_ahead`).
+    pub(crate) zero_ahead: crate::log::zero_ahead::ZeroAhead,
+    /// Reads of batches not in the tail cache so far (`log::zero_ahead` waits for them to stop).
+    pub(crate) backlog_reads: Cell<u64>,
 }
 
 pub(crate) struct State {
@@ -132,6 +136,9 @@ impl Shard {
             .find(rec.next_pos)
             .cloned()
             .ok_or(EngineError::Config("no active segment"))?;
+        let zero_ahead = crate::log::zero_ahead::ZeroAhead::resumed(&active, rec.next_pos)
+            .await
+            .map_err(|e| EngineError::io("fdatasync the active segment", &active.path, e))?;
         let appender = Appender::new(&*io, active, rec.next_pos, &rec.tail);
         tracing::info!(dir = %config.dir.display(), epoch = rec.epoch, end = rec.next_pos, queues = rec.queues.len(), "shard recovered");
         let inner = Rc::new(Inner {
@@ -154,6 +161,8 @@ impl Shard {
             prepared_rolls: Cell::new(0),
             zeroed_rolls: Cell::new(0),
             rebuilt_segments: rec.rebuilt_segments,
+            zero_ahead,
+            backlog_reads: Cell::new(0),
             next_segment: RefCell::new(None),
             prep_started: Cell::new(false),
             chunks: Rc::new(crate::log::readahead::ChunkCache::new()),
@@ -165,6 +174,7 @@ impl Shard {
         // persisted before the checkpoint moves past it.
         inner.checkpoint().await?;
         spawn_background(&inner);
+        crate::log::zero_ahead::spawn(&inner);
         Ok(Rc::new(Shard {
             inner,
             _dir_lock: dir_lock,
@@ -418,6 +428,18 @@ impl Shard {
         self.inner.gc.synced()
     }
 
+    /// Bytes zero-filled ahead of the log so far, and whether the active segment is written
+    /// (zero-filled or appended) to its end (`log::zero_ahead`; benchmarks and metrics).
+    #[doc(hidden)]
+    pub fn zero_ahead(&self) -> (u64, bool) {
+        let inner = &self.inner;
+        let end = inner.state.borrow().appender.segment().end();
+        (
+            inner.zero_ahead.bytes.get(),
+            inner.zero_ahead.upto.get() >= end,
+        )
+    }
+
     /// Segments whose index file the last open found unusable and rebuilt by scanning the
     /// segment (tests and metrics).
     #[doc(hidden)]
@@ -463,6 +485,7 @@ impl Inner {
     /// zeroing write in flight, if any, completed: an operation still in flight when the
     /// executor ends would keep its descriptor open).
     async fn close_files(&self) {
+        self.zero_ahead_settled().await;
         let mut segs: Vec<_> = self.state.borrow().segments.map.values().cloned().collect();
         let prepared = self.next_segment.borrow_mut().take();
         if let Some(p) = prepared {
@@ -725,6 +748,7 @@ impl Inner {
                 j += 1;
             }
             let locs: Vec<EntryLoc> = plan.items[i..j].iter().map(|x| x.loc).collect();
+            self.backlog_reads.set(self.backlog_reads.get() + 1);
             let got = self.read_backlog(queue, from, &seg, &locs).await?;
             let short = got.len() < locs.len();
             for (k, b) in got.into_iter().enumerate() {

@@ -367,6 +367,20 @@ impl StorageFile for GlommioFile {
         })
     }
 
+    /// `lseek(SEEK_HOLE)`: ext4 reports preallocated (unwritten) extents with no cached
+    /// pages as holes, and written ones, zeros included, as data (one extent lookup).
+    fn unwritten_from(&self, pos: u64) -> Option<u64> {
+        let fd = match self.handle().ok()? {
+            Handle::Direct { w, .. } => w.file().ok()?.as_raw_fd(),
+            Handle::Buffered(f) => f.as_raw_fd(),
+        };
+        let pos = libc::off_t::try_from(pos).ok()?;
+        // SAFETY: lseek on a descriptor this file holds open; it reads no memory of ours.
+        let at = unsafe { libc::lseek(fd, pos, libc::SEEK_HOLE) };
+        // The descriptors are only used with positioned I/O: moving their offset is harmless.
+        u64::try_from(at).ok()
+    }
+
     fn size(&self) -> IoFuture<'_, u64> {
         Box::pin(async move {
             match self.handle()? {

@@ -146,6 +146,14 @@ pub trait StorageFile {
         Box::pin(async move { self.read_at(pos, len).await.map(Bytes::from) })
     }
     fn fdatasync(&self) -> IoFuture<'_, ()>;
+    /// The first position at or after `pos` (block aligned) from which the file's blocks were
+    /// never written (preallocated but unwritten, or a hole), or its size when every block
+    /// from `pos` on was written; `None` when the backend cannot tell cheaply. A hint for
+    /// `log::zero_ahead`, never a durability fact.
+    fn unwritten_from(&self, pos: u64) -> Option<u64> {
+        let _ = pos;
+        None
+    }
     /// Allocates the file's blocks up to `len` bytes and sets its size to at least `len`.
     fn preallocate(&self, len: u64) -> IoFuture<'_, ()>;
     fn truncate(&self, len: u64) -> IoFuture<'_, ()>;

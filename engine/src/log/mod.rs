@@ -20,6 +20,7 @@ pub(crate) mod recovery;
 pub(crate) mod retention;
 pub(crate) mod sendfile;
 pub(crate) mod stream_copy;
+pub(crate) mod zero_ahead;
 
 use crate::io::StorageFile;
 use std::cell::Cell;

@@ -1,25 +1,26 @@
 //! Rolling to the next segment, and preparing that segment ahead of time: created under a
 //! temporary name and preallocated as soon as the active segment is half full, renamed into
-//! place when the log rolls, and zero-filled in between while the disk is otherwise idle.
+//! place when the log rolls, and zero-filled in between while the log is quiet.
 //!
 //! Why create ahead: creating a file costs milliseconds here (ext4 without a journal scans
 //! the inode bitmap past recently deleted inodes, `recently_deleted` in the profile), and a
 //! roll holds the append lock; renaming a ready file does not scan.
 //!
-//! Why zero-fill, and only when idle: on ext4, O_DIRECT writes into fallocated (unwritten)
+//! Why zero-fill, and only when quiet: on ext4, O_DIRECT writes into fallocated (unwritten)
 //! extents take the inode lock exclusively and convert extents at completion; overwrites of
-//! written blocks do neither (measured 1.3-2x faster here). But zeroing writes every byte of
-//! the segment once more, at queue depth 1 into unwritten extents: paced against the append
-//! rate (the earlier design) it doubled the bytes written during a saturating run, and 256 KiB
-//! Written appends went from 1137-1501 MB/s to 1849-1938 MB/s in back-to-back runs once it
-//! stopped competing (with the CRC shortcut of `format::entry`; 2026-11-21, see
-//! benches/README.md). So a zeroing write is issued only while no append write, no fdatasync
-//! and no staged data is pending; a busy log simply rolls onto a partly zeroed (still fully
-//! preallocated) segment. Measured again in session 5 (2026-11-22, benches/README.md): zeroing
-//! this file whenever fewer than 4 writes were in flight, or zeroing ahead of the write head in
-//! the active segment, both made 16 KiB Durable latency at half load worse (p99 1.5-1.7 ms ->
-//! 2.9-9.1 ms and 2.2 -> 3.6 ms), although appends into an already zeroed segment cut it (p50
-//! 0.33x, p99 0.58x): the zeros cost the device as much as the data they precede.
+//! written blocks do neither (measured 1.3-2x faster here; `log::zero_ahead` has the
+//! latency figures). But zeroing writes every byte of the segment once more: paced against
+//! the append rate (the earlier design) it doubled the bytes written during a saturating run,
+//! and 256 KiB Written appends went from 1137-1501 MB/s to 1849-1938 MB/s in back-to-back
+//! runs once it stopped competing (2026-11-21, benches/README.md). Zeroing whenever fewer than
+//! 4 writes were in flight, or ahead of the write head while appends ran, made 16 KiB Durable
+//! latency at half load worse (session 5: p99 1.5-1.7 -> 2.9-9.1 ms and 2.2 -> 3.6 ms): the
+//! zeros cost the device as much as the data they precede, and every zero still in the
+//! device's volatile cache is flushed by the next append's fdatasync. So a zeroing write is
+//! issued only once the log has been quiet for a moment (`log::zero_ahead::QuietWatch`, the
+//! same rule as for the active segment, which goes first), each is made durable by an
+//! fdatasync of this file at once, and a busy log simply rolls onto a partly zeroed (still
+//! fully preallocated) segment.
 //!
 //! Crash: a `.prep` file is not part of the log; recovery deletes any it finds. A segment's
 //! bytes past the log end may hold anything (FORMAT.md), so zeros, unwritten blocks or a mix
@@ -33,6 +34,7 @@ use crate::commit::{DirSync, Event};
 use crate::io::Storage;
 use crate::log::recovery::now_ms;
 use crate::log::recovery::{create_segment, open_preallocated};
+use crate::log::zero_ahead::{QuietWatch, QUIET_POLL};
 use crate::shard::Inner;
 use crate::EngineError;
 use std::cell::Cell;
@@ -43,9 +45,7 @@ use std::rc::{Rc, Weak};
 /// Suffix of segments being prepared.
 pub(crate) const PREP_SUFFIX: &str = ".prep";
 /// Size of each zeroing write: an append arriving meanwhile waits for at most one of them.
-const ZERO_CHUNK_BYTES: u64 = 1 << 20;
-/// How long the zeroing task waits before looking again when the disk is busy.
-const IDLE_POLL_MS: u64 = 2;
+pub(crate) const ZERO_CHUNK_BYTES: u64 = 1 << 20;
 
 /// The next segment, created ahead of the roll (see the module docs).
 pub(crate) struct PreparedSegment {
@@ -118,14 +118,18 @@ impl Inner {
                         .rename(p.seg.path.clone(), path.clone())
                         .await
                         .map_err(|e| EngineError::io("rename prepared segment", &p.seg.path, e))?;
-                    Segment::new(start, p.seg.size, p.seg.file.clone(), path, now_ms())
+                    let seg = Segment::new(start, p.seg.size, p.seg.file.clone(), path, now_ms());
+                    (seg, p.zeroed.get())
                 }
-                None => create_segment(&*self.io, &dir, start, self.cfg.segment_size_bytes).await?,
+                None => (
+                    create_segment(&*self.io, &dir, start, self.cfg.segment_size_bytes).await?,
+                    false,
+                ),
             };
             Ok::<_, EngineError>(seg)
         }
         .await;
-        let seg = match created {
+        let (seg, zeroed) = match created {
             Ok(s) => s,
             Err(e) => {
                 // The appender is sealed with nowhere to go: refuse appends until reopened.
@@ -152,6 +156,10 @@ impl Inner {
             ds.complete(r);
         })
         .detach();
+        // A segment zero-filled while prepared is written to its end; any other is known
+        // written nowhere yet (`log::zero_ahead` starts from its beginning).
+        let upto = if zeroed { seg.end() } else { seg.start };
+        self.zero_ahead.restart(seg.start, upto);
         let mut st = self.state.borrow_mut();
         st.segments.map.insert(start, seg.clone());
         st.appender.start_segment(&*self.io, seg);
@@ -161,7 +169,7 @@ impl Inner {
 
     /// Whether the log has no write, fdatasync or staged data pending: a zeroing write now
     /// takes the disk from nobody.
-    fn log_idle(&self) -> bool {
+    pub(crate) fn log_idle(&self) -> bool {
         self.gc.quiescent() && self.state.borrow().appender.staged_bytes() == 0
     }
 
@@ -221,9 +229,10 @@ impl Inner {
             // may end then, never to run the task again) must drop, and close, the file.
             let weak_p = Rc::downgrade(&p);
             drop(p);
-            zero_fill_when_idle(&*io, &weak_p, |wait_ok| {
+            let quiet = QuietWatch::default();
+            zero_fill_when_quiet(&*io, &weak_p, || {
                 let inner = current(&weak)?;
-                Some(!wait_ok || inner.log_idle())
+                Some(quiet.quiet(&inner))
             })
             .await;
             let Some(p) = weak_p.upgrade() else { return };
@@ -261,15 +270,16 @@ async fn create_prepared(
     open_preallocated(io, prep_path(dir, start), start, size).await
 }
 
-/// Zero-fills `p` front to back, one write at a time, each only when `may_write(true)` says
-/// the disk is idle (`Some(false)`: wait, `None`: stop), then fdatasyncs it so that the
-/// appender's first fdatasync after the roll has no extent conversion to write. Stops when
-/// the roll takes the file, or when `p` is gone. A failure marks `p` failed. Holds `p` only
-/// during its own I/Os.
-async fn zero_fill_when_idle(
+/// Zero-fills `p` front to back, one write at a time, each only when `may_write()` says the
+/// log is quiet (`Some(false)`: wait, `None`: stop), and fdatasyncs the file after each write:
+/// the zeros then never wait in the device's volatile cache for an append's fdatasync to
+/// flush them, and the appender's first fdatasync after the roll has no extent conversion to
+/// write. Stops when the roll takes the file, or when `p` is gone. A failure marks `p`
+/// failed. Holds `p` only during its own I/Os.
+async fn zero_fill_when_quiet(
     io: &dyn Storage,
     weak_p: &Weak<PreparedSegment>,
-    may_write: impl Fn(bool) -> Option<bool>,
+    may_write: impl Fn() -> Option<bool>,
 ) {
     let Some(size) = weak_p.upgrade().map(|p| p.seg.size) else {
         return;
@@ -280,11 +290,11 @@ async fn zero_fill_when_idle(
         let Some(p) = weak_p.upgrade().filter(|p| !p.taken.get()) else {
             return;
         };
-        match may_write(true) {
+        match may_write() {
             None => return,
             Some(false) => {
                 drop(p);
-                glommio::timer::sleep(std::time::Duration::from_millis(IDLE_POLL_MS)).await;
+                glommio::timer::sleep(QUIET_POLL).await;
                 continue;
             }
             Some(true) => {}
@@ -301,33 +311,29 @@ async fn zero_fill_when_idle(
         };
         p.io_inflight.set(true);
         let r = p.seg.file.write_at(b, pos).await;
+        let r = match r {
+            Ok(back) => {
+                buf = back;
+                if p.taken.get() {
+                    // The roll waits for us: the appender's own fdatasyncs cover the file now.
+                    Ok(())
+                } else {
+                    p.seg.file.fdatasync().await.map(|()| pos += n)
+                }
+            }
+            Err(e) => Err(e),
+        };
         p.io_inflight.set(false);
         p.io_done.notify();
-        match r {
-            Ok(back) => buf = back,
-            Err(e) => {
-                tracing::warn!(error = %e, start = p.seg.start, "zero-filling the next segment failed");
-                p.failed.set(true);
-                return;
-            }
-        }
-        pos += n;
-    }
-    let Some(p) = weak_p.upgrade() else { return };
-    if p.taken.get() || may_write(false).is_none() {
-        return;
-    }
-    p.io_inflight.set(true);
-    let r = p.seg.file.fdatasync().await;
-    p.io_inflight.set(false);
-    p.io_done.notify();
-    match r {
-        Ok(()) => p.zeroed.set(true),
-        Err(e) => {
+        if let Err(e) = r {
             // The file is never used after this: an error reported here must not be one the
             // appender's own fdatasync of the same file would then miss.
-            tracing::warn!(error = %e, start = p.seg.start, "syncing the next segment failed");
+            tracing::warn!(error = %e, start = p.seg.start, "zero-filling the next segment failed");
             p.failed.set(true);
+            return;
         }
+    }
+    if let Some(p) = weak_p.upgrade() {
+        p.zeroed.set(true);
     }
 }

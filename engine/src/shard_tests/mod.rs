@@ -5,6 +5,7 @@
 mod crash;
 mod real_files;
 mod segment_index;
+mod zero_ahead;
 
 use crate::io::{CrashMode, MemStorage, Storage};
 use crate::{Durability, EngineError, Offset, QueueId, Shard, ShardConfig};
@@ -510,9 +511,9 @@ fn prepared_segments_are_used_and_cleaned_up() {
             s.append(QueueId(i % 2), b, Durability::Written)
                 .await
                 .unwrap();
-            // Leave the log idle until a started preparation is zero-filled, as a broker
-            // between bursts would (zeroing writes are only issued while the log is idle).
-            for _ in 0..1000 {
+            // Leave the log quiet until a started preparation is zero-filled, as a broker
+            // between bursts would (zeroing writes are only issued once the log is quiet).
+            for _ in 0..30_000 {
                 let ready = !s.inner.prep_started.get()
                     || s.inner
                         .next_segment
