@@ -43,7 +43,7 @@ trap cleanup EXIT
 
 RINGMQ_BIN=$BIN_UNDER_TEST start_broker probe "$OUT_DIR/data" "$@"
 create_topic probe "$PARTITIONS"
-wait_zero_ahead "$@"
+wait_zero_ahead "$OUT_DIR/data" "$@"
 executor=""
 for t in /proc/"$BROKER_PID"/task/*; do
     if [[ "$(cat "$t/comm")" == ringmq-core-0* ]]; then

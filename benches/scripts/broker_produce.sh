@@ -6,7 +6,8 @@
 # $LOADGEN_CPU; 1 KiB records; producers only (`--consumers 0`). Every figure is taken $REPS
 # times and reported as median [min..max], with the 1-minute load average of each run, because
 # the machine is shared and the figures are noisy. Phases: raw loopback TCP; 16 partitions (max
-# acks=1/all, then open loop at half of each max, then one extra acks=all run traced with perf's
+# acks=1/all, then open loop at half of each max, each open-loop run once the active segment is
+# zero-filled (`wait_zero_ahead` in lib.sh), then one extra acks=all run traced with perf's
 # io_uring tracepoints to show where appends wait); 10,000 partitions (creation time, idle RSS,
 # max acks=1 interleaved with 16-partition runs on the same broker); the 16-partition acks=1
 # load on `--storage memory` (no disk); an fdatasync probe of the disk at start and end.
@@ -18,8 +19,7 @@
 # LOADGEN_CPU (1), IDLE_SECONDS (5), OUT_DIR (a fresh /tmp dir), MAX_SECONDS (900: no new run
 # starts past this; each run has its own 120 s timeout), BUILD_TIMEOUT (1500 s), IOU_TRACE (1),
 # BROKER_ARGS (extra flags for every broker started, e.g. "--iowq-cpus others").
-# Needs: jq, taskset; python3 for the fdatasync probe and perf (root) for the io_uring trace
-# (both optional).
+# Needs: jq, taskset, python3; perf (root) for the io_uring trace (optional).
 # Everything it writes (loadgen --json reports, stdout, broker logs, summary.txt) is in OUT_DIR.
 set -euo pipefail
 
@@ -141,7 +141,10 @@ MAXALL=$(median max16_acksall '.results.produce.records_per_s')
 HALF1=$(awk -v m="$MAX1" 'BEGIN {printf "%d", m / 2}')
 HALFALL=$(awk -v m="$MAXALL" 'BEGIN {printf "%d", m / 2}')
 for i in $(seq 1 "$REPS"); do
+    # Each run on a zero-filled active segment, as on a broker up for a moment (lib.sh).
+    wait_zero_ahead "$OUT_DIR/data-p16" "${EXTRA_BROKER_ARGS[@]}"
     lg lat16_acksall_$i --topic t16 --rate "$HALFALL" --acks all --duration "$LAT_DURATION" --linger-ms "$LAT_LINGER_MS"
+    wait_zero_ahead "$OUT_DIR/data-p16" "${EXTRA_BROKER_ARGS[@]}"
     lg lat16_acks1_$i --topic t16 --rate "$HALF1" --acks 1 --duration "$LAT_DURATION" --linger-ms "$LAT_LINGER_MS"
 done
 # One more acks=all run at half max, not among the measured ones: io_uring tracepoints show

@@ -139,6 +139,8 @@ if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
             fi
             for c in 1 8; do
                 t="tail$c$(send_sfx "$send")"
+                # As on a broker that has been up for a moment (lib.sh).
+                wait_zero_ahead "$DATA_ROOT/data-tail"
                 loadgen_run "${t}_$i" "$RUN_TIMEOUT" --topic tail --producers 1 --consumers "$c" \
                     --rate "$HALF" --acks 1 --linger-ms 0 --fetch-max-wait-ms 500 \
                     --warmup "$WARMUP" --duration "$LAT_DURATION"

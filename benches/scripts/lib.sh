@@ -41,7 +41,7 @@ start_broker() {
     shift 2
     taskset -c "$BROKER_CPU" "${RINGMQ_BIN:-$BIN/ringmq}" --cores 1 --listen 127.0.0.1:0 --data-dir "$dir" \
         "$@" >"$logf" 2>&1 &
-    BROKER_PID=$! BROKER_NAME=$name
+    BROKER_PID=$!
     PORT=$(broker_port "$logf" "$BROKER_PID" 60)
     if [[ -z "$PORT" ]]; then
         echo "broker did not start; log:" >&2
@@ -50,19 +50,32 @@ start_broker() {
     fi
     log "broker $name $* pid $BROKER_PID on port $PORT"
 }
-# wait_zero_ahead [BROKER ARGS...]: wait (up to 120 s) until the broker started last logged that
-# its active segment is zero-filled ahead of the log (engine/src/log/zero_ahead.rs: it does so
-# once the log has been quiet for 100 ms, about a second for a fresh 1 GiB segment here), so
-# that the measured appends land on written blocks as they do on a broker that has been up for a
-# moment. Returns at once when the arguments turn zero-ahead off.
+# wait_zero_ahead DATA_DIR [BROKER ARGS...]: wait (up to 120 s) until every shard's newest
+# segment file under DATA_DIR is written to its end (lseek SEEK_HOLE finds no unwritten extent:
+# the engine zero-fills the active segment once the log has been quiet for 100 ms,
+# engine/src/log/zero_ahead.rs; about a second for a fresh 1 GiB segment here), so that the
+# measured appends land on written blocks as on a broker that has been up for a moment. Returns
+# at once when the broker arguments turn zero-ahead off.
 wait_zero_ahead() {
+    local dir=$1 i
+    shift
     [[ " $* " =~ [[:space:]]--zero-ahead([[:space:]]|=)false[[:space:]] ]] && return 0
-    local logf="$OUT_DIR/broker-$BROKER_NAME.log" i
     for ((i = 0; i < 1200; i++)); do
-        grep -q 'active segment zero-filled' "$logf" && return 0
+        python3 - "$dir" <<'PY' && return 0
+import glob, os, sys
+newest = [max(glob.glob(os.path.join(d, "*.log")), default=None)
+          for d in glob.glob(os.path.join(sys.argv[1], "shard-*"))]
+def written(p):
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE) >= os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+sys.exit(0 if newest and all(p and written(p) for p in newest) else 1)
+PY
         sleep 0.1
     done
-    echo "broker never logged its segment zero-filled; going on" >&2
+    echo "the broker's active segments were not zero-filled within 120 s; going on" >&2
 }
 # create_topic NAME PARTITIONS: CreateTopics on the broker at $PORT through loadgen ($LOADGEN if
 # set, else $BIN/ringmq-loadgen; no records sent); its output goes to OUT_DIR.
