@@ -4,10 +4,12 @@
 //! - [`config`]: the command line.
 //! - [`schedule`]: intended send times (the open-loop rate).
 //! - [`client`]: a lean Kafka client on the shared wire codec.
-//! - [`producer`], [`consumer`]: the workload tasks.
+//! - [`producer`], [`consumer`]: the workload tasks; [`accumulator`]: a producer's batches
+//!   per partition and what one produce request carries.
 //! - [`run`]: one run on pinned executors, progress lines; [`report`]: table, JSON, HDR log.
 //! - [`raw`]: the loopback TCP baseline; [`embedded`]: a broker started for the run.
 
+pub mod accumulator;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -1,9 +1,11 @@
 //! An open-loop producer: generates records on its [`Schedule`], batches them per partition
-//! (batch size and linger), and pipelines produce requests, several in flight per connection.
+//! (batch size and linger, [`Accumulator`]), and pipelines produce requests, several in flight
+//! per connection.
 //!
 //! ```text
 //!  schedule ─► records due now (each with its intended time) ─► open batch per partition
-//!     batch full or linger over ─► produce request ─► [write lock] ─► connection ─► broker
+//!     a batch full or its linger over ─► wait for an in-flight slot ─► records due by now join
+//!     ─► one request: every ready batch of that leader ─► [write lock] ─► connection ─► broker
 //!                                       │ pending queue (window: producers × --max-in-flight)
 //!  reader task ◄──────────────────── responses in order: ack latency = now − intended
 //! ```
@@ -11,8 +13,10 @@
 //! The producers of one core share one connection per broker ([`Pool`]). When the in-flight
 //! window is full a producer waits, and the records that fall due in the meantime are
 //! generated afterwards with their original intended times: the wait shows up as latency (no
-//! coordinated omission). Every record intended before the end of the window is sent, however
-//! late; a record that fails (error code, timeout, disconnect) is counted, never retried.
+//! coordinated omission). They go out in the next request together, as Kafka's producer sends
+//! whatever its accumulator holds when a slot frees. Every record intended before the end of
+//! the window is sent, however late; a record that fails (error code, timeout, disconnect) is
+//! counted, never retried.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -29,8 +33,9 @@ use glommio::Task;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 
+use crate::accumulator::{Accumulator, MAX_REQUEST_BYTES};
 use crate::client::cluster::topic_name;
-use crate::client::conn::{self, decode_response, read_frame, with_timeout, ClientError, Conn};
+use crate::client::conn::{self, decode_response, with_timeout, ClientError, Conn, FrameReader};
 use crate::client::records::{OpenBatch, Rng, ValueMaker};
 use crate::clock::now_ns;
 use crate::config::{Keys, MAX_RECORD_BYTES};
@@ -64,71 +69,53 @@ struct Producer {
     plan: ProducerPlan,
     /// This core's connections, shared with its other producers.
     pool: Rc<Pool>,
-    /// Open batch per partition.
-    open: Vec<Option<OpenBatch>>,
-    /// The partitions with an open batch, so that per-request work does not scan every
-    /// partition (10,000 of them made loadgen, not the broker, the bottleneck).
-    open_parts: Vec<i32>,
+    /// Batches by partition, and what the next request carries.
+    acc: Accumulator,
+    /// Index of the next record on the schedule.
+    next: u64,
+    /// Set once the schedule has no more records for the window.
+    over: bool,
     /// Partition for keyless records (moves on after each batch, like Kafka's sticky partitioner).
     sticky: i32,
     values: ValueMaker,
     rng: Rng,
     key_buf: Vec<u8>,
-    linger_ns: u64,
 }
 
 impl Producer {
     fn new(ctx: Rc<CoreCtx>, pool: Rc<Pool>, plan: ProducerPlan) -> Producer {
         let partitions = ctx.cluster.partitions();
+        let linger_ns = (ctx.args.linger_ms * 1e6) as u64;
         Producer {
-            open: (0..partitions).map(|_| None).collect(),
-            open_parts: Vec::new(),
+            acc: Accumulator::new(partitions, ctx.args.batch_bytes, linger_ns),
+            next: 0,
+            over: false,
             sticky: (plan.id as i32) % partitions,
             values: ValueMaker::new(plan.id as u64 + 1),
             rng: Rng::new(0xC0FFEE + plan.id as u64),
             key_buf: Vec::with_capacity(32),
-            linger_ns: (ctx.args.linger_ms * 1e6) as u64,
             pool,
             ctx,
             plan,
         }
     }
 
-    /// The generation loop: everything due is generated, full or lingered batches are sent,
-    /// then the producer sleeps until the next record or linger deadline.
+    /// The generation loop: everything due is generated, a request goes out when a batch is
+    /// ready (full, or its linger over), then the producer sleeps until the next record or
+    /// linger deadline.
     async fn generate(&mut self) {
-        let schedule = self.plan.schedule;
-        let end_ns = self.ctx.window.end_ns;
-        let mut index: u64 = 0;
+        let open_loop = self.plan.schedule.is_open_loop();
         loop {
-            let now = now_ns();
-            // Open loop: every record intended before the end is sent, however late the
-            // producer is running. Closed loop: records stop at the end.
-            let over = match schedule.intended_ns(index) {
-                Some(next) => next >= end_ns,
-                None => now >= end_ns,
-            };
-            if over {
+            let capped = self.make_due(now_ns());
+            if self.over {
                 return;
             }
-            let due = schedule.due_count(now).min(index + MAX_RECORDS_PER_STEP);
-            while index < due {
-                let intended = schedule.intended_ns(index).unwrap_or_else(now_ns);
-                if intended >= end_ns {
-                    return;
-                }
-                index += 1;
-                if let Some(full) = self.append(intended, now) {
-                    self.send_leader_of(full).await;
-                    if !schedule.is_open_loop() {
-                        break;
-                    }
-                }
-            }
-            self.send_lingered().await;
-            if schedule.is_open_loop() {
-                self.sleep_until_next(schedule.intended_ns(index), end_ns)
-                    .await;
+            if let Some(p) = self.acc.first_ready(now_ns(), false) {
+                self.send_request(p, false).await;
+                // Let the response reader and the consumers run between requests.
+                futures_lite::future::yield_now().await;
+            } else if open_loop && !capped {
+                self.sleep_until_next().await;
             } else {
                 // Closed loop: the in-flight window, not the clock, paces the producer.
                 futures_lite::future::yield_now().await;
@@ -136,15 +123,48 @@ impl Producer {
         }
     }
 
-    /// Adds one record; returns its partition if that batch is now full.
-    fn append(&mut self, intended_ns: u64, now_ns: u64) -> Option<i32> {
-        let ctx = self.ctx.clone();
-        let size = ctx
+    /// Makes the records due at `now`: open loop, every record intended by then, however late
+    /// the producer is running; closed loop, records until a batch is full. At most
+    /// [`MAX_RECORDS_PER_STEP`]; returns true when it stopped there with more due. Sets `over`
+    /// at the first record intended at or after the window's end (open loop; closed loop:
+    /// once the window is over): every record intended before the end is sent.
+    fn make_due(&mut self, now: u64) -> bool {
+        let schedule = self.plan.schedule;
+        let end_ns = self.ctx.window.end_ns;
+        if schedule
+            .intended_ns(self.next)
+            .is_some_and(|next| next >= end_ns)
+        {
+            // Over as soon as the next record falls past the end, not once it is due.
+            self.over = true;
+            return false;
+        }
+        let due = schedule
+            .due_count(now)
+            .min(self.next.saturating_add(MAX_RECORDS_PER_STEP));
+        while self.next < due {
+            let intended = schedule.intended_ns(self.next).unwrap_or_else(now_ns);
+            if intended >= end_ns {
+                self.over = true;
+                return false;
+            }
+            self.next += 1;
+            if self.append(intended, now) && !schedule.is_open_loop() {
+                return false;
+            }
+        }
+        self.next == due && schedule.due_count(now) > due
+    }
+
+    /// Adds one record; returns true if its batch is now full.
+    fn append(&mut self, intended_ns: u64, now_ns: u64) -> bool {
+        let size = self
+            .ctx
             .args
             .record_size
             .sample(self.rng.next_u64())
             .min(MAX_RECORD_BYTES);
-        let partitions = ctx.cluster.partitions();
+        let partitions = self.ctx.cluster.partitions();
         let key = self.next_key();
         let partition = match key {
             Some(_) => (fnv1a(&self.key_buf) % partitions as u64) as i32,
@@ -152,14 +172,18 @@ impl Producer {
         };
         let pos = self.rng.next_u64();
         let value = self.values.make(size, intended_ns, pos);
-        let batch_bytes = ctx.args.batch_bytes;
-        let slot = &mut self.open[partition as usize];
-        if slot.is_none() {
-            self.open_parts.push(partition);
+        let key = key.map(|_| self.key_buf.as_slice());
+        let full = self.acc.append(partition, key, value, intended_ns, now_ns);
+        if full && partition == self.sticky {
+            self.next_sticky();
         }
-        let batch = slot.get_or_insert_with(|| OpenBatch::new(batch_bytes, now_ns));
-        batch.push(key.map(|_| self.key_buf.as_slice()), value, intended_ns);
-        (batch.size_bytes() >= batch_bytes).then_some(partition)
+        full
+    }
+
+    fn next_sticky(&mut self) {
+        if self.ctx.args.keys == Keys::None {
+            self.sticky = (self.sticky + 1) % self.ctx.cluster.partitions();
+        }
     }
 
     /// Fills `key_buf` with the next key, or returns `None` for keyless records.
@@ -180,18 +204,17 @@ impl Producer {
         Some(())
     }
 
-    async fn sleep_until_next(&self, next_intended: Option<u64>, end_ns: u64) {
-        let linger_deadline = self
-            .open_parts
-            .iter()
-            .filter_map(|&p| self.open[p as usize].as_ref())
-            .map(|b| b.opened_ns + self.linger_ns)
-            .min();
-        let wake = [next_intended, linger_deadline, Some(end_ns)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(end_ns);
+    async fn sleep_until_next(&self) {
+        let end_ns = self.ctx.window.end_ns;
+        let wake = [
+            self.plan.schedule.intended_ns(self.next),
+            self.acc.next_linger_deadline(),
+            Some(end_ns),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(end_ns);
         let now = now_ns();
         if wake > now {
             glommio::timer::sleep(Duration::from_nanos(wake - now)).await;
@@ -200,64 +223,52 @@ impl Producer {
         }
     }
 
-    /// Sends every batch whose linger time is over (with the other open batches of its leader).
-    async fn send_lingered(&mut self) {
-        let now = now_ns();
-        let due: Vec<i32> = self
-            .open_parts
-            .iter()
-            .copied()
-            .filter(|&p| {
-                self.open[p as usize]
-                    .as_ref()
-                    .is_some_and(|b| b.opened_ns + self.linger_ns <= now)
-            })
-            .collect();
-        for p in due {
-            if self.open[p as usize].is_some() {
-                self.send_leader_of(p).await;
-            }
-        }
-    }
-
     async fn flush_all(&mut self) {
-        while let Some(&p) = self.open_parts.first() {
-            self.send_leader_of(p).await;
+        while let Some(p) = self.acc.first_ready(now_ns(), true) {
+            self.send_request(p, true).await;
         }
     }
 
-    /// Sends the open batches of every partition led by the leader of `partition`, in one
-    /// produce request.
-    async fn send_leader_of(&mut self, partition: i32) {
-        if self.open[partition as usize]
-            .as_ref()
-            .is_some_and(|_| self.ctx.args.keys == Keys::None)
-        {
-            self.sticky = (self.sticky + 1) % self.ctx.cluster.partitions();
-        }
+    /// Sends one produce request to the leader of `partition` (which has a batch ready): waits
+    /// for an in-flight slot, makes the records that fell due meanwhile (they join the
+    /// accumulator as they would have joined Kafka's while its sender waited; not with
+    /// `flush`, at the end), then takes the first batch of each of that leader's partitions,
+    /// up to [`MAX_REQUEST_BYTES`].
+    async fn send_request(&mut self, partition: i32, flush: bool) {
         let cluster = self.ctx.cluster.clone();
         let Ok(addr) = cluster.leader_addr(partition) else {
-            self.fail_open(partition, ErrorKind::Protocol);
+            let lost = self.acc.take_all(|p| p == partition);
+            fail_open(&self.ctx, lost, ErrorKind::Protocol);
             return;
         };
-        let mut batches = Vec::new();
         let leader = cluster.leaders[partition as usize];
-        let open = &mut self.open;
-        self.open_parts.retain(|&p| {
-            if cluster.leaders[p as usize] != leader {
-                return true;
+        let to_leader = |p: i32| cluster.leaders.get(p as usize) == Some(&leader);
+        let ctx = self.ctx.clone();
+        let Some(conn) = self.pool.get(&ctx, addr).await else {
+            let lost = self.acc.take_all(to_leader);
+            fail_open(&ctx, lost, ErrorKind::Disconnect);
+            return;
+        };
+        let permit = match conn.slot(&ctx).await {
+            Ok(permit) => permit,
+            Err(e) => {
+                let lost = self.acc.take_all(to_leader);
+                fail_open(&ctx, lost, ErrorKind::Timeout);
+                conn.fail_connection(&ctx, &e);
+                return;
             }
-            if let Some(b) = open[p as usize].take() {
-                batches.push((p, b));
-            }
-            false
-        });
-        // Partition order, as the full scan gave.
-        batches.sort_unstable_by_key(|(p, _)| *p);
+        };
+        if !flush && self.plan.schedule.is_open_loop() {
+            self.make_due(now_ns());
+        }
+        let batches = self.acc.take_request(MAX_REQUEST_BYTES, to_leader);
+        if !self.acc.has_open(self.sticky) && batches.iter().any(|(p, _)| *p == self.sticky) {
+            self.next_sticky();
+        }
         let mut sent = Vec::with_capacity(batches.len());
         for (p, b) in batches {
             let records = b.records() as u64;
-            match b.finish(self.ctx.args.compression) {
+            match b.finish(ctx.args.compression) {
                 Ok((bytes, intended, value_bytes)) => sent.push(SentBatch {
                     partition: p,
                     bytes,
@@ -265,29 +276,13 @@ impl Producer {
                     value_bytes,
                 }),
                 Err(_) => {
-                    self.ctx.error(ErrorKind::Protocol);
-                    self.ctx.shared.failed.fetch_add(records, Ordering::Relaxed);
+                    ctx.error(ErrorKind::Protocol);
+                    ctx.shared.failed.fetch_add(records, Ordering::Relaxed);
                 }
             }
         }
-        if sent.is_empty() {
-            return;
-        }
-        let ctx = self.ctx.clone();
-        match self.pool.get(&ctx, addr).await {
-            Some(conn) => conn.send(&ctx, sent).await,
-            None => fail_batches(&ctx, &sent, ErrorKind::Disconnect),
-        }
-    }
-
-    fn fail_open(&mut self, partition: i32, kind: ErrorKind) {
-        if let Some(b) = self.open[partition as usize].take() {
-            self.open_parts.retain(|&p| p != partition);
-            self.ctx.error(kind);
-            self.ctx
-                .shared
-                .failed
-                .fetch_add(b.records() as u64, Ordering::Relaxed);
+        if !sent.is_empty() {
+            conn.send(&ctx, permit, sent).await;
         }
     }
 
@@ -299,6 +294,15 @@ impl Producer {
         for conn in conns {
             conn.drain(&self.ctx, timeout).await;
         }
+    }
+}
+
+/// Counts batches that never made it into a request as failed.
+fn fail_open(ctx: &CoreCtx, batches: Vec<OpenBatch>, kind: ErrorKind) {
+    let records: u64 = batches.iter().map(|b| b.records() as u64).sum();
+    if records > 0 {
+        ctx.error(kind);
+        ctx.shared.failed.fetch_add(records, Ordering::Relaxed);
     }
 }
 
@@ -413,7 +417,7 @@ impl ProducerConn {
     ) -> Result<ProducerConn, ClientError> {
         let conn = Conn::connect(addr, ctx.args.request_timeout).await?;
         let version = conn.version(ApiKey::Produce)?;
-        let (stream, _, next_cid) = conn.into_parts();
+        let (stream, frames, _, next_cid) = conn.into_parts();
         let (reader, writer) = split(stream);
         let pending: Rc<RefCell<VecDeque<Pending>>> = Rc::default();
         let dead = Rc::new(Cell::new(false));
@@ -421,6 +425,7 @@ impl ProducerConn {
             glommio::spawn_local(read_responses(
                 ctx.clone(),
                 reader,
+                frames,
                 addr.to_owned(),
                 version,
                 pending.clone(),
@@ -441,31 +446,31 @@ impl ProducerConn {
         })
     }
 
-    /// Sends one produce request; waits for an in-flight slot first (bounded by the request
-    /// timeout: a broker that stops answering fails the connection).
-    async fn send(&self, ctx: &Rc<CoreCtx>, batches: Vec<SentBatch>) {
+    /// An in-flight slot for one request (none with acks=0: nothing is waited for); waits at
+    /// most the request timeout (a broker that stops answering fails the connection).
+    async fn slot(&self, ctx: &CoreCtx) -> Result<Option<StaticPermit>, ClientError> {
+        if ctx.args.acks == 0 {
+            return Ok(None);
+        }
+        let acquire = async {
+            self.in_flight
+                .acquire_static_permit(1)
+                .await
+                .map_err(|_| ClientError::Closed {
+                    addr: self.addr.clone(),
+                })
+        };
+        with_timeout(ctx.args.request_timeout, "an in-flight slot", acquire)
+            .await
+            .map(Some)
+    }
+
+    /// Sends one produce request in the in-flight slot `permit` (from [`Self::slot`]).
+    async fn send(&self, ctx: &Rc<CoreCtx>, permit: Option<StaticPermit>, batches: Vec<SentBatch>) {
         let closed = || ClientError::Closed {
             addr: self.addr.clone(),
         };
         let timeout = ctx.args.request_timeout;
-        let permit = if ctx.args.acks == 0 {
-            None
-        } else {
-            let acquire = async {
-                self.in_flight
-                    .acquire_static_permit(1)
-                    .await
-                    .map_err(|_| closed())
-            };
-            match with_timeout(timeout, "an in-flight slot", acquire).await {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    fail_batches(ctx, &batches, ErrorKind::Timeout);
-                    self.fail_connection(ctx, &e);
-                    return;
-                }
-            }
-        };
         let lock = async {
             self.write_lock
                 .acquire_permit(1)
@@ -622,13 +627,14 @@ fn fail_batches(ctx: &CoreCtx, batches: &[SentBatch], kind: ErrorKind) {
 async fn read_responses(
     ctx: Rc<CoreCtx>,
     mut reader: ReadHalf<TcpStream>,
+    mut frames: FrameReader,
     addr: String,
     version: i16,
     pending: Rc<RefCell<VecDeque<Pending>>>,
     dead: Rc<Cell<bool>>,
 ) {
     let failure = loop {
-        let frame = match read_frame(&mut reader, &addr).await {
+        let frame = match frames.next(&mut reader, &addr).await {
             Ok(f) => f,
             Err(_) => break ErrorKind::Disconnect,
         };

@@ -164,6 +164,49 @@ fn a_stalled_broker_shows_as_latency_not_as_a_lower_rate() {
 }
 
 #[test]
+fn records_queued_behind_a_full_window_leave_together() {
+    // The broker sits on the first produce request for 400 ms with one request in flight;
+    // ~800 records (~55 full batches over 8 partitions) queue meanwhile. When the slot frees,
+    // the next request must carry a batch of every partition that has one, as Kafka's producer
+    // drains its accumulator; one batch per request behind each other (what loadgen did before)
+    // made a backlog after any stall outlast it many times. The stall still shows as latency.
+    let broker = FakeBroker::start(Faults {
+        stall_first_produce: std::time::Duration::from_millis(400),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = loadgen(
+        dir.path(),
+        &args(
+            &broker,
+            &[
+                "--partitions",
+                "8",
+                "--rate",
+                "2000",
+                "--warmup",
+                "0s",
+                "--duration",
+                "1s",
+                "--max-in-flight",
+                "1",
+            ],
+        ),
+    );
+    assert_counts_add_up(&out, &report);
+    let widest = broker.widest_produce_request();
+    assert!(
+        widest >= 6,
+        "widest produce request had {widest} batches\n{}",
+        describe(&out)
+    );
+    let p90 = report["results"]["produce"]["latency"]["p90_us"]
+        .as_u64()
+        .unwrap();
+    assert!(p90 >= 100_000, "p90 {p90} us hides the stall");
+}
+
+#[test]
 fn broker_errors_are_counted_and_fail_the_run() {
     // Catches: error codes in produce responses ignored (counted as acknowledged).
     let broker = FakeBroker::start(Faults {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
@@ -173,33 +173,76 @@ impl Versions {
     }
 }
 
-/// Reads one size-prefixed frame (without its prefix).
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, addr: &str) -> Result<Bytes, ClientError> {
-    let mut prefix = [0u8; SIZE_PREFIX_LEN];
-    if let Err(e) = r.read_exact(&mut prefix).await {
-        return Err(match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => ClientError::Closed {
-                addr: addr.to_owned(),
-            },
-            _ => ClientError::Io {
-                addr: addr.to_owned(),
-                source: e,
-            },
-        });
+/// Bytes offered to each read beyond the rest of the frame being read, so that one read also
+/// takes the frames queued behind it (produce responses arrive several at a time).
+const READ_AHEAD_BYTES: usize = 4 << 10;
+
+/// Reads size-prefixed frames from a stream with as few reads as it can: each read takes
+/// whatever has arrived (several small frames, or as much of a large one as is there), and
+/// frames are split off the buffer without copying. A length prefix is checked against
+/// [`MAX_RESPONSE_BYTES`] before room is made for its frame.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    /// The next frame (without its prefix).
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        addr: &str,
+    ) -> Result<Bytes, ClientError> {
+        loop {
+            let missing = match self.frame_len(addr)? {
+                Some(len) if self.buf.len() >= SIZE_PREFIX_LEN + len => {
+                    self.buf.advance(SIZE_PREFIX_LEN);
+                    return Ok(self.buf.split_to(len).freeze());
+                }
+                Some(len) => SIZE_PREFIX_LEN + len - self.buf.len(),
+                None => SIZE_PREFIX_LEN - self.buf.len(),
+            };
+            let at = self.buf.len();
+            self.buf.resize(at + missing + READ_AHEAD_BYTES, 0);
+            let read = r.read(&mut self.buf[at..]).await;
+            self.buf.truncate(at + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) if at == 0 => {
+                    return Err(ClientError::Closed {
+                        addr: addr.to_owned(),
+                    })
+                }
+                Ok(0) => {
+                    return Err(ClientError::Io {
+                        addr: addr.to_owned(),
+                        source: std::io::ErrorKind::UnexpectedEof.into(),
+                    })
+                }
+                Ok(_) => {}
+                Err(source) => {
+                    return Err(ClientError::Io {
+                        addr: addr.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
     }
-    let len =
-        frame::frame_len(prefix, MAX_RESPONSE_BYTES).map_err(|source| ClientError::Frame {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    let mut body = BytesMut::zeroed(len);
-    r.read_exact(&mut body)
-        .await
-        .map_err(|source| ClientError::Io {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    Ok(body.freeze())
+
+    /// The length of the frame at the front of the buffer, once its prefix is there.
+    fn frame_len(&self, addr: &str) -> Result<Option<usize>, ClientError> {
+        let Some(prefix) = self.buf.get(..SIZE_PREFIX_LEN) else {
+            return Ok(None);
+        };
+        let mut p = [0u8; SIZE_PREFIX_LEN];
+        p.copy_from_slice(prefix);
+        frame::frame_len(p, MAX_RESPONSE_BYTES)
+            .map(Some)
+            .map_err(|source| ClientError::Frame {
+                addr: addr.to_owned(),
+                source,
+            })
+    }
 }
 
 /// Decodes a response frame of request type `R` at `version`, checking its correlation id.
@@ -237,6 +280,7 @@ pub fn api_key<R: Request>() -> ApiKey {
 /// One negotiated connection.
 pub struct Conn<S = TcpStream> {
     stream: S,
+    frames: FrameReader,
     addr: String,
     versions: Versions,
     next_cid: i32,
@@ -264,6 +308,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub async fn negotiate(stream: S, addr: &str) -> Result<Conn<S>, ClientError> {
         let mut conn = Conn {
             stream,
+            frames: FrameReader::default(),
             addr: addr.to_owned(),
             versions: Versions::default(),
             next_cid: 0,
@@ -298,7 +343,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let cid = self.next_cid();
         let out = encode::<ApiVersionsRequest>(cid, version, &req)?;
         self.write(&out).await?;
-        let mut frame = read_frame(&mut self.stream, &self.addr).await?;
+        let mut frame = self.read_frame().await?;
         let cid_got = frame::decode_response_header(&mut frame, ApiKey::ApiVersions, version)
             .map_err(|source| ClientError::Frame {
                 addr: self.addr.clone(),
@@ -348,7 +393,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let cid = self.next_cid();
         let out = encode::<R>(cid, version, req)?;
         self.write(&out).await?;
-        let frame = read_frame(&mut self.stream, &self.addr).await?;
+        let frame = self.read_frame().await?;
         decode_response::<R>(frame, version, cid, &self.addr)
     }
 
@@ -363,12 +408,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     pub async fn read_frame(&mut self) -> Result<Bytes, ClientError> {
-        read_frame(&mut self.stream, &self.addr).await
+        self.frames.next(&mut self.stream, &self.addr).await
     }
 
-    /// Gives up the stream with its negotiated versions and next correlation id.
-    pub fn into_parts(self) -> (S, Versions, i32) {
-        (self.stream, self.versions, self.next_cid)
+    /// Gives up the stream with its frame reader (and what it has buffered), negotiated
+    /// versions and next correlation id.
+    pub fn into_parts(self) -> (S, FrameReader, Versions, i32) {
+        (self.stream, self.frames, self.versions, self.next_cid)
     }
 }
 
@@ -416,14 +462,74 @@ mod tests {
 
     #[test]
     fn oversized_frame_is_refused_before_allocation() {
-        let mut bytes: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 0, 0];
-        let r = futures_lite::future::block_on(read_frame(&mut bytes, "b"));
+        let read = |mut bytes: &[u8]| {
+            futures_lite::future::block_on(FrameReader::default().next(&mut bytes, "b"))
+        };
+        let r = read(&[0x7f, 0xff, 0xff, 0xff, 0, 0]);
         assert!(matches!(r, Err(ClientError::Frame { .. })), "{r:?}");
-        let mut short: &[u8] = &[0, 0, 0, 9, 1, 2];
-        let r = futures_lite::future::block_on(read_frame(&mut short, "b"));
+        let r = read(&[0, 0, 0, 9, 1, 2]);
         assert!(matches!(r, Err(ClientError::Io { .. })), "{r:?}");
-        let mut empty: &[u8] = &[];
-        let r = futures_lite::future::block_on(read_frame(&mut empty, "b"));
+        let r = read(&[]);
         assert!(matches!(r, Err(ClientError::Closed { .. })), "{r:?}");
+    }
+
+    /// A stream that hands out its bytes in the given pieces, one piece per read at most,
+    /// counting reads.
+    struct Pieces {
+        pieces: std::collections::VecDeque<Vec<u8>>,
+        reads: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.reads += 1;
+            let Some(mut piece) = self.pieces.pop_front() else {
+                return std::task::Poll::Ready(Ok(0));
+            };
+            let n = piece.len().min(buf.len());
+            buf[..n].copy_from_slice(&piece[..n]);
+            if n < piece.len() {
+                self.pieces.push_front(piece.split_off(n));
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn frames_arriving_together_take_one_read_and_split_ones_are_joined() {
+        // Catches: a read per prefix and per body again (two syscalls per response), frames
+        // lost or cut when several arrive in one read, and a frame split across reads (or
+        // with its prefix split) coming out wrong.
+        let big = vec![7u8; 3 * READ_AHEAD_BYTES];
+        let together = [framed(b"one"), framed(b"two"), framed(b"three")].concat();
+        let split = framed(&big);
+        let (head, tail) = split.split_at(READ_AHEAD_BYTES / 2);
+        let mut pieces = vec![together, framed(b"x")[..2].to_vec()];
+        pieces.push([&framed(b"x")[2..], head].concat());
+        pieces.push(tail.to_vec());
+        let mut stream = Pieces {
+            pieces: pieces.into(),
+            reads: 0,
+        };
+        let mut frames = FrameReader::default();
+        let mut next =
+            || futures_lite::future::block_on(frames.next(&mut stream, "b")).map(|f| f.to_vec());
+        let got: Vec<_> = (0..6).map(|_| next()).collect();
+        for (got, want) in got.iter().zip([&b"one"[..], b"two", b"three", b"x", &big]) {
+            assert_eq!(got.as_ref().unwrap(), want);
+        }
+        assert!(matches!(got[5], Err(ClientError::Closed { .. })));
+        // One read for the three frames, one per later piece, one for the end.
+        assert_eq!(stream.reads, 5);
     }
 }

@@ -65,6 +65,8 @@ struct Topic {
 struct Store {
     topics: HashMap<String, Topic>,
     produce_requests: u64,
+    /// Most partitions one produce request carried.
+    widest_produce: usize,
     group: Group,
 }
 
@@ -109,6 +111,11 @@ impl FakeBroker {
             addr: addr.to_string(),
             state,
         }
+    }
+
+    /// Most partitions (batches) one produce request carried so far.
+    pub fn widest_produce_request(&self) -> usize {
+        self.state.store.lock().unwrap().widest_produce
     }
 
     /// Records stored in `topic` (all partitions).
@@ -297,6 +304,8 @@ fn produce(state: &State, req: &ProduceRequest) -> ProduceResponse {
     let first = {
         let mut store = state.store.lock().unwrap();
         store.produce_requests += 1;
+        let width = req.topic_data.iter().map(|t| t.partition_data.len()).sum();
+        store.widest_produce = store.widest_produce.max(width);
         store.produce_requests == 1
     };
     if first && !state.faults.stall_first_produce.is_zero() {
