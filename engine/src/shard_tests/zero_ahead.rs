@@ -188,3 +188,48 @@ fn real_files_zero_ahead_then_append_and_recover() {
         s.close().await.unwrap();
     });
 }
+
+/// Whether `path` lies on ext4, whose `lseek(SEEK_HOLE)` reports unwritten extents as holes.
+fn on_ext4(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statfs is a valid out-parameter; `c` is a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    ok && st.f_type as i64 == EXT4_SUPER_MAGIC
+}
+
+/// On ext4, a reopened shard learns from the file (`StorageFile::unwritten_from`) that its
+/// segment is zero-filled already and writes no zeros again. (Skipped elsewhere: the hint is
+/// what the file system reports.)
+#[test]
+fn a_reopened_shard_does_not_zero_fill_its_segment_again() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        if !on_ext4(tmp.path()) {
+            eprintln!("skipped: {} is not on ext4", tmp.path().display());
+            return;
+        }
+        let c = ShardConfig {
+            segment_size_bytes: 4 << 20,
+            ..cfg(tmp.path().to_str().unwrap())
+        };
+        let s = Shard::open(c.clone()).await.unwrap();
+        s.append(QueueId(0), batch(2, 0, -1, -1, 3_000), Durability::Durable)
+            .await
+            .unwrap();
+        wait_until("the active segment is zero-filled", || s.zero_ahead().1).await;
+        assert!(s.zero_ahead().0 > 0);
+        s.close().await.unwrap();
+        drop(s);
+        let s = Shard::open(c).await.unwrap();
+        assert_eq!(s.zero_ahead(), (0, true), "the file says it is written");
+        glommio::timer::sleep(3 * crate::log::zero_ahead::ZERO_AHEAD_AFTER_QUIET).await;
+        assert_eq!(s.zero_ahead().0, 0, "zeros written again");
+        assert_eq!(read_all(&s, QueueId(0)).await, vec![(0, 2)]);
+        s.close().await.unwrap();
+    });
+}
