@@ -116,35 +116,36 @@ fn compressed_acks_all_closed_loop_counts_add_up() {
     );
 }
 
+/// One loadgen run (no warm-up, one request in flight, `extra` arguments) against a fake broker
+/// that sits on the first produce request for 400 ms.
+fn run_with_first_produce_stalled(
+    extra: &[&str],
+) -> (FakeBroker, std::process::Output, serde_json::Value) {
+    let broker = FakeBroker::start(Faults {
+        stall_first_produce: std::time::Duration::from_millis(400),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec!["--warmup", "0s", "--max-in-flight", "1"];
+    all.extend_from_slice(extra);
+    let (out, report) = loadgen(dir.path(), &args(&broker, &all));
+    (broker, out, report)
+}
+
 #[test]
 fn a_stalled_broker_shows_as_latency_not_as_a_lower_rate() {
     // The broker sits on the first produce request for 400 ms. Records due meanwhile must be
     // sent late and measured from their intended times: about a quarter of the records then
     // carry 0-400 ms of latency, so p90 lands far above the few-ms latency of a healthy
     // broker. A tool measuring from the actual send (coordinated omission) reports a low p90.
-    let broker = FakeBroker::start(Faults {
-        stall_first_produce: std::time::Duration::from_millis(400),
-        ..Faults::default()
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let (out, report) = loadgen(
-        dir.path(),
-        &args(
-            &broker,
-            &[
-                "--consumers",
-                "0",
-                "--rate",
-                "1000",
-                "--warmup",
-                "0s",
-                "--duration",
-                "1500ms",
-                "--max-in-flight",
-                "1",
-            ],
-        ),
-    );
+    let (_broker, out, report) = run_with_first_produce_stalled(&[
+        "--consumers",
+        "0",
+        "--rate",
+        "1000",
+        "--duration",
+        "1500ms",
+    ]);
     assert!(out.status.success(), "{}", describe(&out));
     let p = &report["results"]["produce"];
     let sent = p["records"].as_u64().unwrap();
@@ -170,29 +171,14 @@ fn records_queued_behind_a_full_window_leave_together() {
     // the next request must carry a batch of every partition that has one, as Kafka's producer
     // drains its accumulator; one batch per request behind each other (what loadgen did before)
     // made a backlog after any stall outlast it many times. The stall still shows as latency.
-    let broker = FakeBroker::start(Faults {
-        stall_first_produce: std::time::Duration::from_millis(400),
-        ..Faults::default()
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let (out, report) = loadgen(
-        dir.path(),
-        &args(
-            &broker,
-            &[
-                "--partitions",
-                "8",
-                "--rate",
-                "2000",
-                "--warmup",
-                "0s",
-                "--duration",
-                "1s",
-                "--max-in-flight",
-                "1",
-            ],
-        ),
-    );
+    let (broker, out, report) = run_with_first_produce_stalled(&[
+        "--partitions",
+        "8",
+        "--rate",
+        "2000",
+        "--duration",
+        "1s",
+    ]);
     assert_counts_add_up(&out, &report);
     let widest = broker.widest_produce_request();
     assert!(

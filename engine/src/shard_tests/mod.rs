@@ -61,6 +61,16 @@ pub(crate) fn cfg(dir: &str) -> ShardConfig {
     }
 }
 
+/// Settings for a shard on real files in `dir`: 4 MiB segments, no tail cache (reads go to the
+/// files).
+pub(crate) fn real_cfg(dir: &std::path::Path) -> ShardConfig {
+    ShardConfig {
+        segment_size_bytes: 4 << 20,
+        tail_cache_bytes: 0,
+        ..cfg(dir.to_str().expect("a UTF-8 temporary path"))
+    }
+}
+
 pub(crate) fn small_cfg(dir: &str) -> ShardConfig {
     ShardConfig {
         segment_size_bytes: 64 << 10,

@@ -1,17 +1,13 @@
 //! The engine on real glommio DMA files in a temporary directory.
 
-use super::{batch, cfg, read_all, run};
+use super::{batch, cfg, read_all, real_cfg, run};
 use crate::{Durability, Offset, QueueId, Shard, ShardConfig};
 
 #[test]
 fn real_files_round_trip_and_recover() {
     run(|| async {
         let tmp = tempfile::tempdir().unwrap();
-        let c = ShardConfig {
-            segment_size_bytes: 4 << 20,
-            tail_cache_bytes: 0,
-            ..cfg(tmp.path().to_str().unwrap())
-        };
+        let c = real_cfg(tmp.path());
         let s = Shard::open(c.clone()).await.unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|i| {
@@ -174,10 +170,7 @@ fn throughput_sanity() {
 fn real_files_corrupt_entry_truncates_the_log_there() {
     run(|| async {
         let tmp = tempfile::tempdir().unwrap();
-        let c = ShardConfig {
-            segment_size_bytes: 4 << 20,
-            ..cfg(tmp.path().to_str().unwrap())
-        };
+        let c = real_cfg(tmp.path());
         let b = batch(2, 0, -1, -1, 500);
         let entry_len = (crate::format::entry::HEADER_LEN + b.len()) as u64;
         let s = Shard::open(c.clone()).await.unwrap();

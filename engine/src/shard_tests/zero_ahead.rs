@@ -1,6 +1,6 @@
 //! Zero-filling the active segment ahead of the log (`log::zero_ahead`).
 
-use super::{batch, cfg, open, read_all, run};
+use super::{batch, cfg, open, read_all, real_cfg, run};
 use crate::io::{align_up, CrashMode, MemStorage};
 use crate::{Durability, QueueId, Shard, ShardConfig};
 use std::time::{Duration, Instant};
@@ -150,11 +150,7 @@ fn zero_ahead_off_writes_no_zeros() {
 fn real_files_zero_ahead_then_append_and_recover() {
     run(|| async {
         let tmp = tempfile::tempdir().unwrap();
-        let c = ShardConfig {
-            segment_size_bytes: 4 << 20,
-            tail_cache_bytes: 0,
-            ..cfg(tmp.path().to_str().unwrap())
-        };
+        let c = real_cfg(tmp.path());
         let s = Shard::open(c.clone()).await.unwrap();
         wait_until("the active segment is zero-filled", || s.zero_ahead().1).await;
         for i in 0..50 {
@@ -213,10 +209,7 @@ fn a_reopened_shard_does_not_zero_fill_its_segment_again() {
             eprintln!("skipped: {} is not on ext4", tmp.path().display());
             return;
         }
-        let c = ShardConfig {
-            segment_size_bytes: 4 << 20,
-            ..cfg(tmp.path().to_str().unwrap())
-        };
+        let c = real_cfg(tmp.path());
         let s = Shard::open(c.clone()).await.unwrap();
         s.append(QueueId(0), batch(2, 0, -1, -1, 3_000), Durability::Durable)
             .await
