@@ -106,6 +106,18 @@ impl Drop for Dma {
     }
 }
 
+/// Whether the file system of `fd` answers `lseek(SEEK_HOLE)` with its unwritten extents
+/// (ext4, XFS, btrfs), rather than the kernel's generic "all data".
+pub(crate) fn seek_hole_knows_unwritten(fd: std::os::fd::RawFd) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    // SAFETY: a zeroed statfs is a valid out-parameter; fstatfs only writes it.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::fstatfs(fd, &mut fs) } == 0;
+    ok && [EXT4, XFS, BTRFS].contains(&(fs.f_type as i64))
+}
+
 struct GlommioFile {
     /// None once closed.
     handle: RefCell<Option<Handle>>,
@@ -367,13 +379,18 @@ impl StorageFile for GlommioFile {
         })
     }
 
-    /// `lseek(SEEK_HOLE)`: ext4 reports preallocated (unwritten) extents with no cached
-    /// pages as holes, and written ones, zeros included, as data (one extent lookup).
+    /// `lseek(SEEK_HOLE)`: ext4, XFS and btrfs report preallocated (unwritten) extents with
+    /// no cached pages as holes, and written ones, zeros included, as data (one extent
+    /// lookup). Elsewhere the kernel's generic answer calls the whole file data, which would
+    /// be wrong here: no hint.
     fn unwritten_from(&self, pos: u64) -> Option<u64> {
         let fd = match self.handle().ok()? {
             Handle::Direct { w, .. } => w.file().ok()?.as_raw_fd(),
             Handle::Buffered(f) => f.as_raw_fd(),
         };
+        if !seek_hole_knows_unwritten(fd) {
+            return None;
+        }
         let pos = libc::off_t::try_from(pos).ok()?;
         // SAFETY: lseek on a descriptor this file holds open; it reads no memory of ours.
         let at = unsafe { libc::lseek(fd, pos, libc::SEEK_HOLE) };

@@ -15,7 +15,7 @@
 //!   cycle, which never comes when the executor ends, so a dropped file could leak its
 //!   descriptor (kernel-notes/o-direct-and-page-cache.md, "Descriptors").
 
-mod glommio_impl;
+pub(crate) mod glommio_impl;
 mod mem;
 mod owned;
 
