@@ -927,7 +927,7 @@ mod tests {
     // covers only the writes completed before it started, and completes when the test says.
 
     use crate::io::{CrashMode, MemStorage};
-    use crate::shard_tests::{batch, cfg, open, read_all, run, small_cfg};
+    use crate::shard_tests::{batch, cfg, open, read_all, run, small_cfg, wait_until};
     use crate::{Durability, EngineError, QueueId, Shard};
 
     /// Indexes (in `MemStorage::held_fsyncs`) of the held fdatasyncs of segment files.
@@ -976,13 +976,7 @@ mod tests {
                     io.set_prefers_written_extents(true);
                     drop(s);
                     let s2 = open(&c, &io).await;
-                    for _ in 0..30_000 {
-                        if s2.zero_ahead().1 {
-                            break;
-                        }
-                        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                    }
-                    assert!(s2.zero_ahead().1, "the segment was never zero-filled");
+                    wait_until("the segment is zero-filled", || s2.zero_ahead().1).await;
                     run_pipelined_ack_case(&c, &io, s2, zeroed).await;
                 } else {
                     run_pipelined_ack_case(&c, &io, s, zeroed).await;

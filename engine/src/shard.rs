@@ -897,7 +897,8 @@ fn spawn_background(inner: &Rc<Inner>) {
     );
 }
 
-fn live(weak: &Weak<Inner>) -> Option<Rc<Inner>> {
+/// The shard behind `weak`, if it still takes work (not stopped, not poisoned).
+pub(crate) fn live(weak: &Weak<Inner>) -> Option<Rc<Inner>> {
     weak.upgrade()
         .filter(|i| !i.stopped() && i.gc.poisoned().is_none())
 }

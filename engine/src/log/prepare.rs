@@ -34,7 +34,7 @@ use crate::commit::{DirSync, Event};
 use crate::io::Storage;
 use crate::log::recovery::now_ms;
 use crate::log::recovery::{create_segment, open_preallocated};
-use crate::log::zero_ahead::{QuietWatch, QUIET_POLL};
+use crate::log::zero_ahead::{zero_buf, QuietWatch, QUIET_POLL};
 use crate::shard::Inner;
 use crate::EngineError;
 use std::cell::Cell;
@@ -300,15 +300,7 @@ async fn zero_fill_when_quiet(
             Some(true) => {}
         }
         let n = (size - pos).min(ZERO_CHUNK_BYTES);
-        let b = match buf.take() {
-            Some(b) if b.len() as u64 == n => b,
-            _ => {
-                // Not zeroed by `alloc`; the one buffer is reused for every write.
-                let mut b = io.alloc(n as usize);
-                b.as_mut_slice().fill(0);
-                b
-            }
-        };
+        let b = zero_buf(io, buf.take(), n as usize);
         p.io_inflight.set(true);
         let r = p.seg.file.write_at(b, pos).await;
         let r = match r {

@@ -32,9 +32,9 @@
 //! reports unwritten extents as holes), and zeroing resumes from there.
 
 use crate::commit::Event;
-use crate::io::{align_up, IoBuf};
+use crate::io::{align_up, IoBuf, Storage};
 use crate::log::prepare::ZERO_CHUNK_BYTES;
-use crate::shard::Inner;
+use crate::shard::{live, Inner};
 use std::cell::Cell;
 use std::io;
 use std::rc::{Rc, Weak};
@@ -79,16 +79,9 @@ impl ZeroAhead {
         if upto > from {
             seg.file.fdatasync().await?;
         }
-        Ok(ZeroAhead::starting(from, upto))
-    }
-
-    /// Known zero-filled over `[from, upto)` of a new active segment.
-    pub fn starting(from: u64, upto: u64) -> ZeroAhead {
-        ZeroAhead {
-            from: Cell::new(from),
-            upto: Cell::new(upto),
-            ..ZeroAhead::default()
-        }
+        let za = ZeroAhead::default();
+        za.restart(from, upto);
+        Ok(za)
     }
 
     /// Resets the state for a new active segment, zero-filled over `[from, upto)`.
@@ -188,16 +181,7 @@ async fn run(weak: Weak<Inner>) {
             }
         };
         let Some(inner) = live(&weak) else { return };
-        let len = (to - from) as usize;
-        let b = match buf.take() {
-            Some(b) if b.len() == len => b,
-            _ => {
-                // Not zeroed by `alloc`; reused for every write of this length.
-                let mut b = inner.io.alloc(len);
-                b.as_mut_slice().fill(0);
-                b
-            }
-        };
+        let b = zero_buf(&*inner.io, buf.take(), (to - from) as usize);
         // Set before the write is submitted (no await in between): from now on the pump
         // holds back any write reaching into [from, to).
         inner.gc.set_zero_write_from(Some(from));
@@ -252,9 +236,18 @@ async fn run(weak: Weak<Inner>) {
     }
 }
 
-fn live(weak: &Weak<Inner>) -> Option<Rc<Inner>> {
-    weak.upgrade()
-        .filter(|i| !i.stopped() && i.gc.poisoned().is_none())
+/// A buffer of `len` zeros: `reuse` (a zero buffer a write handed back) when it has that
+/// length, else a fresh one.
+pub(crate) fn zero_buf(io: &dyn Storage, reuse: Option<IoBuf>, len: usize) -> IoBuf {
+    match reuse {
+        Some(b) if b.len() == len => b,
+        _ => {
+            // Not zeroed by `alloc`.
+            let mut b = io.alloc(len);
+            b.as_mut_slice().fill(0);
+            b
+        }
+    }
 }
 
 impl Inner {

@@ -51,6 +51,18 @@ pub(crate) fn batch(n: usize, ts: i64, pid: i64, seq: i32, fill: usize) -> Bytes
     ))
 }
 
+/// Waits (bounded) until `cond` holds, looking every millisecond.
+pub(crate) async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting until {what}"
+        );
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// Default settings except 1 MiB segments: the in-memory double materialises preallocation.
 pub(crate) fn cfg(dir: &str) -> ShardConfig {
     ShardConfig {

@@ -1,22 +1,10 @@
 //! Zero-filling the active segment ahead of the log (`log::zero_ahead`).
 
-use super::{batch, cfg, open, read_all, real_cfg, run};
+use super::{batch, cfg, open, read_all, real_cfg, run, wait_until};
 use crate::io::{align_up, CrashMode, MemStorage};
 use crate::{Durability, QueueId, Shard, ShardConfig};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
-
-/// Waits (bounded) until `cond` holds, looking every millisecond.
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "timed out waiting until {what}"
-        );
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
-}
+use std::time::Duration;
 
 /// A quiet shard zero-fills its active segment from the block after the head to the end, and
 /// the appends that follow land intact, before and after a crash.

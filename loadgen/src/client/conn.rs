@@ -180,10 +180,13 @@ const READ_AHEAD_BYTES: usize = 4 << 10;
 /// Reads size-prefixed frames from a stream with as few reads as it can: each read takes
 /// whatever has arrived (several small frames, or as much of a large one as is there), and
 /// frames are split off the buffer without copying. A length prefix is checked against
-/// [`MAX_RESPONSE_BYTES`] before room is made for its frame.
+/// [`MAX_RESPONSE_BYTES`] before room is made for its frame. Room is zeroed once, when the
+/// buffer grows, not at every read (a large fetch response comes in many reads).
 #[derive(Debug, Default)]
 pub struct FrameReader {
+    /// `buf[..filled]` holds bytes read and not yet handed out; the rest is room for reads.
     buf: BytesMut,
+    filled: usize,
 }
 
 impl FrameReader {
@@ -195,19 +198,20 @@ impl FrameReader {
     ) -> Result<Bytes, ClientError> {
         loop {
             let missing = match self.frame_len(addr)? {
-                Some(len) if self.buf.len() >= SIZE_PREFIX_LEN + len => {
+                Some(len) if self.filled >= SIZE_PREFIX_LEN + len => {
                     self.buf.advance(SIZE_PREFIX_LEN);
+                    self.filled -= SIZE_PREFIX_LEN + len;
                     return Ok(self.buf.split_to(len).freeze());
                 }
-                Some(len) => SIZE_PREFIX_LEN + len - self.buf.len(),
-                None => SIZE_PREFIX_LEN - self.buf.len(),
+                Some(len) => SIZE_PREFIX_LEN + len - self.filled,
+                None => SIZE_PREFIX_LEN - self.filled,
             };
-            let at = self.buf.len();
-            self.buf.resize(at + missing + READ_AHEAD_BYTES, 0);
-            let read = r.read(&mut self.buf[at..]).await;
-            self.buf.truncate(at + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) if at == 0 => {
+            let want = self.filled + missing + READ_AHEAD_BYTES;
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            match r.read(&mut self.buf[self.filled..]).await {
+                Ok(0) if self.filled == 0 => {
                     return Err(ClientError::Closed {
                         addr: addr.to_owned(),
                     })
@@ -218,7 +222,7 @@ impl FrameReader {
                         source: std::io::ErrorKind::UnexpectedEof.into(),
                     })
                 }
-                Ok(_) => {}
+                Ok(n) => self.filled += n,
                 Err(source) => {
                     return Err(ClientError::Io {
                         addr: addr.to_owned(),
@@ -231,7 +235,7 @@ impl FrameReader {
 
     /// The length of the frame at the front of the buffer, once its prefix is there.
     fn frame_len(&self, addr: &str) -> Result<Option<usize>, ClientError> {
-        let Some(prefix) = self.buf.get(..SIZE_PREFIX_LEN) else {
+        let Some(prefix) = self.buf[..self.filled].get(..SIZE_PREFIX_LEN) else {
             return Ok(None);
         };
         let mut p = [0u8; SIZE_PREFIX_LEN];
