@@ -52,6 +52,11 @@ pub struct Plan {
     pub open_loop_mb_per_s: Option<f64>,
     /// The engine's zero-fill of the active segment ahead of the log (`ShardConfig::zero_ahead`).
     pub zero_ahead: ZeroAhead,
+    /// Retention by size of this many segments, reached before the timed window
+    /// ([`RETAIN_SEGMENTS_ENV`]); None: no retention, a fresh log.
+    pub retain_segments: Option<u64>,
+    /// `ShardConfig::recycle_segments` ([`RECYCLE_ENV`]).
+    pub recycle: bool,
 }
 
 /// How engine runs treat the shard's zero-fill ahead of the log ([`ZERO_AHEAD_ENV`]).
@@ -85,6 +90,15 @@ pub const MIB_ENV: &str = "RINGMQ_BENCH_MIB";
 pub const SEGMENT_MIB_ENV: &str = "RINGMQ_BENCH_SEGMENT_MIB";
 /// `off`, `on` (default) or `wait`: see [`ZeroAhead`].
 pub const ZERO_AHEAD_ENV: &str = "RINGMQ_BENCH_ZERO_AHEAD";
+/// N: each engine run keeps N segments (retention by size) and first appends N + 2 segments'
+/// worth of Written batches, untimed, so that the timed window sees the steady state of a
+/// long-running shard: retention removing segments, and (with [`RECYCLE_ENV`] on) the rolls
+/// reusing them.
+pub const RETAIN_SEGMENTS_ENV: &str = "RINGMQ_BENCH_RETAIN_SEGMENTS";
+/// `on` (default) or `off`: `ShardConfig::recycle_segments`.
+pub const RECYCLE_ENV: &str = "RINGMQ_BENCH_RECYCLE";
+/// Most segments [`RETAIN_SEGMENTS_ENV`] may keep.
+pub const MAX_RETAIN_SEGMENTS: u64 = 64;
 /// Most MiB per run a plan may ask for.
 pub const MAX_MIB_PER_RUN: u64 = 16 << 10;
 /// How long a run waits for [`ZeroAhead::Wait`] at most.
@@ -105,6 +119,8 @@ impl Plan {
             bare_fsync_pairs: 1000,
             open_loop_mb_per_s: None,
             zero_ahead: ZeroAhead::On,
+            retain_segments: None,
+            recycle: true,
         }
     }
 
@@ -170,6 +186,24 @@ impl Plan {
                         "{ZERO_AHEAD_ENV}: want off, on or wait, got {other:?}"
                     ))
                 }
+            };
+        }
+        if let Some(v) = var(RETAIN_SEGMENTS_ENV) {
+            self.retain_segments = Some(
+                v.trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_RETAIN_SEGMENTS).contains(n))
+                    .ok_or_else(|| {
+                        format!("{RETAIN_SEGMENTS_ENV}: want 1..={MAX_RETAIN_SEGMENTS}, got {v:?}")
+                    })?,
+            );
+        }
+        if let Some(v) = var(RECYCLE_ENV) {
+            self.recycle = match v.trim() {
+                "on" => true,
+                "off" => false,
+                other => return Err(format!("{RECYCLE_ENV}: want on or off, got {other:?}")),
             };
         }
         if let Some(v) = var(REPS_ENV) {
@@ -265,11 +299,13 @@ impl Report {
         line(
             &mut out,
             format!(
-                "engine append: 1 KiB records, {} appenders, {} MiB per run, segments {} MiB, zero-ahead {:?}, median of {}",
+                "engine append: 1 KiB records, {} appenders, {} MiB per run, segments {} MiB, zero-ahead {:?}, retained segments {}, recycle {}, median of {}",
                 plan.appenders,
                 plan.bytes_per_run >> 20,
                 plan.segment_size_bytes >> 20,
                 plan.zero_ahead,
+                plan.retain_segments.map_or("all".to_string(), |n| n.to_string()),
+                plan.recycle,
                 plan.repetitions
             ),
         );
@@ -662,9 +698,21 @@ pub async fn append_run(
         segment_size_bytes: plan.segment_size_bytes,
         max_batch_bytes: MAX_BATCH_BYTES,
         zero_ahead: plan.zero_ahead != ZeroAhead::Off,
+        retention_bytes: plan.retain_segments.map(|n| n * plan.segment_size_bytes),
+        recycle_segments: plan.recycle,
         ..ShardConfig::default()
     };
     let shard = Shard::open(config).await?;
+    if let Some(n) = plan.retain_segments {
+        prefill(
+            &shard,
+            plan,
+            pool,
+            queues,
+            (n + 2) * plan.segment_size_bytes,
+        )
+        .await?;
+    }
     if plan.zero_ahead == ZeroAhead::Wait {
         let t0 = Instant::now();
         while !shard.zero_ahead().1 {
@@ -744,6 +792,37 @@ pub async fn append_run(
         hist,
         cpu,
     ))
+}
+
+/// Appends `bytes` of Written batches from the plan's appenders, untimed.
+async fn prefill(
+    shard: &Rc<Shard>,
+    plan: &Plan,
+    pool: &[Bytes],
+    queues: u32,
+    bytes: u64,
+) -> Result<(), EngineError> {
+    let claimed = Rc::new(Cell::new(0u64));
+    let tasks: Vec<_> = (0..plan.appenders)
+        .map(|_| {
+            let (shard, claimed, pool) = (shard.clone(), claimed.clone(), pool.to_vec());
+            glommio::spawn_local(async move {
+                let mut n = 0u64;
+                while claimed.get() < bytes {
+                    let batch = pool[(n % pool.len() as u64) as usize].clone();
+                    claimed.set(claimed.get() + batch.len() as u64);
+                    let queue = QueueId((n % u64::from(queues)) as u32);
+                    shard.append(queue, batch, Durability::Written).await?;
+                    n += 1;
+                }
+                Ok::<_, EngineError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
 }
 
 fn fresh_dir(dir: &Path) -> PathBuf {

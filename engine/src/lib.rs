@@ -96,6 +96,11 @@ pub struct ShardConfig {
     /// moment, so later appends overwrite written blocks (cheaper writes and fdatasyncs on
     /// ext4; `log::zero_ahead`). Only on storage that prefers written extents. Default true.
     pub zero_ahead: bool,
+    /// Keep segments that retention removes as spare files and reuse them as later segments,
+    /// so that appends overwrite written blocks even under constant load (`log::recycle`).
+    /// Only on storage that prefers written extents; at most two spares (two segments of disk
+    /// beyond the retention limit). Default true.
+    pub recycle_segments: bool,
 }
 
 /// How [`Shard::read`] and [`Shard::read_sendable`] read batches that are not in the tail
@@ -137,6 +142,7 @@ impl Default for ShardConfig {
             io_memory_bytes: recommended_io_memory_bytes(),
             backlog_read: BacklogRead::default(),
             zero_ahead: true,
+            recycle_segments: true,
         }
     }
 }

@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     /// Serialises appends across the await of a segment roll.
     pub(crate) append_lock: Semaphore,
     pub(crate) checkpoint_lock: Semaphore,
+    /// One retention pass at a time (the maintenance task's, and a preparation's).
+    pub(crate) retention_lock: Semaphore,
     pub(crate) stopped: Cell<bool>,
     pub(crate) tasks: RefCell<Vec<JoinHandle<()>>>,
     /// The next segment, created ahead of time (see `log::prepare`), and whether its
@@ -80,6 +82,10 @@ pub(crate) struct Inner {
     /// (tests and metrics).
     pub prepared_rolls: Cell<u64>,
     pub zeroed_rolls: Cell<u64>,
+    /// Rolls onto a recycled segment file (`log::recycle`; tests and metrics).
+    pub recycled_rolls: Cell<u64>,
+    /// Spare segment files kept for reuse, by the start they had in the log (`log::recycle`).
+    pub(crate) spares: RefCell<Vec<u64>>,
     /// Segments whose index file recovery found unusable and rebuilt by a scan (tests and
     /// metrics).
     pub rebuilt_segments: u64,
@@ -157,9 +163,12 @@ impl Shard {
             io,
             append_lock: Semaphore::new(1),
             checkpoint_lock: Semaphore::new(1),
+            retention_lock: Semaphore::new(1),
             stopped: Cell::new(false),
             prepared_rolls: Cell::new(0),
             zeroed_rolls: Cell::new(0),
+            recycled_rolls: Cell::new(0),
+            spares: RefCell::new(rec.spares),
             rebuilt_segments: rec.rebuilt_segments,
             zero_ahead,
             backlog_reads: Cell::new(0),
@@ -585,7 +594,7 @@ impl Inner {
             queue_id: queue.0,
             record_count: h.record_count as u32,
             base_offset: base,
-            first_timestamp: h.base_timestamp,
+            log_pos: st.appender.next_pos(),
             max_timestamp: h.max_timestamp,
             append_time_ms: now,
             epoch: self.epoch,
@@ -637,7 +646,7 @@ impl Inner {
             queue_id: queue.0,
             record_count: 0,
             base_offset: 0,
-            first_timestamp: 0,
+            log_pos: st.appender.next_pos(),
             max_timestamp: 0,
             append_time_ms: now_ms(),
             epoch: self.epoch,

@@ -123,6 +123,10 @@ enum Op {
 struct Scenario {
     segment_size_bytes: u64,
     retention_bytes: Option<u64>,
+    /// `mem` only: the storage prefers written extents (as ext4 does), which turns on the
+    /// preparation of next segments, zero-filling while quiet and, under retention, segment
+    /// recycling (whose files hold their earlier lap's entries). `disk` always does.
+    written_extents: bool,
     ops: Vec<Op>,
 }
 
@@ -166,7 +170,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         14 => (queue_strategy(), 0..1100u16, 1..40_000usize)
             .prop_map(|(queue, permille, max_bytes)| Op::Read { queue, permille, max_bytes }),
         2 => Just(Op::Flush),
-        2 => Just(Op::Retention),
+        5 => Just(Op::Retention),
         4 => crash_strategy().prop_map(Op::Crash),
         3 => (prop::collection::vec(append_strategy(), 2..16), 0..16usize, crash_strategy())
             .prop_map(|(specs, wait_for, crash)| Op::CrashMidFlight { specs, wait_for, crash }),
@@ -180,14 +184,18 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 fn scenario_strategy() -> impl Strategy<Value = Scenario> {
     (
         prop_oneof![Just(32u64 << 10), Just(64u64 << 10)],
-        prop_oneof![2 => Just(None), 1 => (3..8u64).prop_map(|n| Some(n * (32 << 10)))],
-        prop::collection::vec(op_strategy(), 1..50),
+        prop_oneof![2 => Just(None), 1 => (2..6u64).prop_map(|n| Some(n * (32 << 10)))],
+        any::<bool>(),
+        prop::collection::vec(op_strategy(), 1..80),
     )
-        .prop_map(|(segment_size_bytes, retention_bytes, ops)| Scenario {
-            segment_size_bytes,
-            retention_bytes,
-            ops,
-        })
+        .prop_map(
+            |(segment_size_bytes, retention_bytes, written_extents, ops)| Scenario {
+                segment_size_bytes,
+                retention_bytes,
+                written_extents,
+                ops,
+            },
+        )
 }
 
 fn cases(default: u32) -> u32 {
@@ -1170,11 +1178,12 @@ fn config_for(s: &Scenario, dir: PathBuf) -> ShardConfig {
 
 fn describe(s: &Scenario, step: usize, err: String) -> String {
     format!(
-        "step {step} ({:?}) of {} (segment {} B, retention {:?}): {err}",
+        "step {step} ({:?}) of {} (segment {} B, retention {:?}, written extents {}): {err}",
         s.ops.get(step),
         s.ops.len(),
         s.segment_size_bytes,
-        s.retention_bytes
+        s.retention_bytes,
+        s.written_extents
     )
 }
 
@@ -1182,6 +1191,7 @@ fn describe(s: &Scenario, step: usize, err: String) -> String {
 fn run_mem(s: Scenario) -> Check {
     run_glommio(move || async move {
         let mem = MemStorage::new();
+        mem.set_prefers_written_extents(s.written_extents);
         let config = config_for(&s, PathBuf::from("/mem/shard"));
         let io: Rc<dyn Storage> = Rc::new(mem.clone());
         let shard = Shard::open_with_io(config.clone(), io)
@@ -1336,6 +1346,7 @@ fn mem_fixed_scenario() {
     let s = Scenario {
         segment_size_bytes: 32 << 10,
         retention_bytes: None,
+        written_extents: false,
         ops,
     };
     if let Err(e) = run_mem(s) {

@@ -16,8 +16,10 @@
 use super::{le_i64, le_u16, le_u32, le_u64, put, FormatError};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RMQC");
-/// Version 2: one index file per segment (version 1 had one per queue; refused, see FORMAT.md).
-pub const VERSION: u16 = 2;
+/// Version 3: the layout of version 2 (one index file per segment), over a log of entry
+/// format 2 (entries name their log position, so segment files can be recycled). Versions 1
+/// and 2 are refused, see FORMAT.md.
+pub const VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 48;
 pub const QUEUE_RECORD_LEN: usize = 24;
 pub const SEGMENT_RECORD_LEN: usize = 24;

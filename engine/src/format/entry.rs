@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  0      4      5    6      8        12           16           24          32         40           48      56          60     64
-//!  |magic |ver   |kind|rsvd  |queue_id|record_count|base_offset |first_ts   |max_ts    |append_ms   |epoch  |payload_len|crc   | payload..
+//!  |magic |ver   |kind|rsvd  |queue_id|record_count|base_offset |log_pos    |max_ts    |append_ms   |epoch  |payload_len|crc   | payload..
 //! ```
 //!
 //! Invariants the recovery scan relies on:
@@ -13,6 +13,10 @@
 //! - `epoch` never decreases along the log. A shard bumps it (durably, in the checkpoint) each
 //!   time it opens, so stale entries left beyond a truncated tail by an earlier run can never
 //!   pass for new ones: they carry a smaller epoch than the entries written before them.
+//! - `log_pos` is the log position the entry was written at. A segment file may be recycled
+//!   (`log::recycle`): renamed to a later position and overwritten, so that until the new
+//!   entries reach them its bytes are entries of an earlier lap, whole and CRC-valid. Read at a
+//!   position other than their own, they are not part of the log.
 //! - `payload_len` is at most [`MAX_PAYLOAD_BYTES`]; a larger value is garbage, not a batch.
 
 use super::{le_i64, le_u16, le_u32, le_u64, put, FormatError};
@@ -21,10 +25,12 @@ use super::{le_i64, le_u16, le_u32, le_u64, put, FormatError};
 pub const HEADER_LEN: usize = 64;
 /// "RMQE" as little-endian bytes.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RMQE");
-/// Current entry format version.
-pub const VERSION: u8 = 1;
+/// Current entry format version (1 had the batch's first timestamp where 2 has `log_pos`).
+pub const VERSION: u8 = 2;
 /// Largest payload any entry may carry (a batch limit in the config may only be lower).
 pub const MAX_PAYLOAD_BYTES: u32 = 64 << 20;
+/// Byte offset of the `log_pos` field.
+pub const LOG_POS_OFFSET: usize = 24;
 /// Byte offset of the CRC field; the CRC covers everything before it, then the payload.
 pub const CRC_OFFSET: usize = 60;
 
@@ -60,7 +66,8 @@ pub struct EntryHeader {
     pub queue_id: u32,
     pub record_count: u32,
     pub base_offset: u64,
-    pub first_timestamp: i64,
+    /// Log position of the entry's first byte.
+    pub log_pos: u64,
     pub max_timestamp: i64,
     pub append_time_ms: i64,
     pub epoch: u64,
@@ -84,7 +91,7 @@ impl EntryHeader {
         put(&mut b, 8, &self.queue_id.to_le_bytes());
         put(&mut b, 12, &self.record_count.to_le_bytes());
         put(&mut b, 16, &self.base_offset.to_le_bytes());
-        put(&mut b, 24, &self.first_timestamp.to_le_bytes());
+        put(&mut b, LOG_POS_OFFSET, &self.log_pos.to_le_bytes());
         put(&mut b, 32, &self.max_timestamp.to_le_bytes());
         put(&mut b, 40, &self.append_time_ms.to_le_bytes());
         put(&mut b, 48, &self.epoch.to_le_bytes());
@@ -144,6 +151,11 @@ impl EntryHeader {
         b
     }
 
+    /// The `log_pos` field of an encoded header.
+    pub fn encoded_log_pos(b: &[u8; HEADER_LEN]) -> u64 {
+        le_u64(b, LOG_POS_OFFSET)
+    }
+
     /// Decodes and sanity-checks a header (magic, version, kind, length limit). The CRC is
     /// checked separately by [`verify_crc`] once the payload is at hand.
     pub fn decode(b: &[u8]) -> Result<EntryHeader, FormatError> {
@@ -184,7 +196,7 @@ impl EntryHeader {
             queue_id: le_u32(b, 8),
             record_count: le_u32(b, 12),
             base_offset: le_u64(b, 16),
-            first_timestamp: le_i64(b, 24),
+            log_pos: le_u64(b, LOG_POS_OFFSET),
             max_timestamp: le_i64(b, 32),
             append_time_ms: le_i64(b, 40),
             epoch: le_u64(b, 48),
@@ -292,7 +304,7 @@ mod tests {
             queue_id: 7,
             record_count: 3,
             base_offset: 0x0102_0304_0506_0708,
-            first_timestamp: 1_700_000_000_000,
+            log_pos: 4096,
             max_timestamp: 1_700_000_000_002,
             append_time_ms: 1_700_000_000_005,
             epoch: 2,
@@ -440,7 +452,7 @@ mod tests {
             (8, 4, "queue_id"),
             (12, 4, "record_count"),
             (16, 8, "base_offset"),
-            (24, 8, "first_timestamp"),
+            (24, 8, "log_pos"),
             (32, 8, "max_timestamp"),
             (40, 8, "append_time_ms"),
             (48, 8, "epoch"),

@@ -51,6 +51,11 @@ struct MemFile {
     /// durable.
     unsynced_first_seq: u64,
     modified_ms: i64,
+    /// Blocks some write reached, in `current` and in `durable`: what
+    /// [`StorageFile::unwritten_from`] reports, as ext4 reports fallocated blocks that no write
+    /// reached as holes.
+    written: Vec<bool>,
+    durable_written: Vec<bool>,
 }
 
 impl MemFile {
@@ -62,6 +67,7 @@ impl MemFile {
     fn sync_upto(&mut self, upto: u64) {
         if upto >= self.write_seq_end() {
             self.durable = self.current.clone();
+            self.durable_written = self.written.clone();
             self.unsynced_first_seq = self.write_seq_end();
             self.unsynced.clear();
             return;
@@ -69,6 +75,7 @@ impl MemFile {
         let n = upto.saturating_sub(self.unsynced_first_seq) as usize;
         for (pos, data) in self.unsynced.drain(..n) {
             write_into(&mut self.durable, pos, &data);
+            mark_written(&mut self.durable_written, pos, data.len());
         }
         self.unsynced_first_seq += n as u64;
     }
@@ -139,6 +146,18 @@ fn now_ms() -> i64 {
 
 fn eio(what: &str) -> io::Error {
     io::Error::other(format!("injected fault: {what}"))
+}
+
+/// Marks the blocks of `[pos, pos + len)` written.
+fn mark_written(blocks: &mut Vec<bool>, pos: u64, len: usize) {
+    if len == 0 {
+        return;
+    }
+    let (first, end) = (pos / BLOCK_BYTES, (pos + len as u64).div_ceil(BLOCK_BYTES));
+    if blocks.len() < end as usize {
+        blocks.resize(end as usize, false);
+    }
+    blocks[first as usize..end as usize].fill(true);
 }
 
 fn write_into(buf: &mut Vec<u8>, pos: u64, data: &[u8]) {
@@ -248,6 +267,7 @@ impl MemStorage {
         st.fail_fsync_in = None;
         for f in st.files.values_mut() {
             let mut img = f.durable.clone();
+            let mut img_written = f.durable_written.clone();
             let mut budget = match mode {
                 CrashMode::KeepPrefix { bytes } => bytes,
                 _ => 0,
@@ -258,11 +278,13 @@ impl MemStorage {
                     CrashMode::KeepPrefix { .. } => {
                         let n = (data.len() as u64).min(budget);
                         write_into(&mut img, *pos, &data[..n as usize]);
+                        mark_written(&mut img_written, *pos, n as usize);
                         budget -= n;
                     }
                     CrashMode::KeepWrites { mask } => {
                         if mask & (1 << (i % 64)) != 0 {
                             write_into(&mut img, *pos, data);
+                            mark_written(&mut img_written, *pos, data.len());
                         }
                     }
                 }
@@ -273,6 +295,8 @@ impl MemStorage {
             }
             f.current = img.clone();
             f.durable = img;
+            f.written = img_written.clone();
+            f.durable_written = img_written;
             f.unsynced_first_seq = f.write_seq_end();
             f.unsynced.clear();
         }
@@ -496,6 +520,7 @@ impl StorageFile for MemHandle {
                 st.writes += 1;
                 let f = st.files.get_mut(&self.id).expect("checked by with_file");
                 write_into(&mut f.current, pos, buf.as_slice());
+                mark_written(&mut f.written, pos, buf.len());
                 f.unsynced.push((pos, buf.as_slice().to_vec()));
                 f.modified_ms = now_ms();
                 Ok(())
@@ -582,6 +607,9 @@ impl StorageFile for MemHandle {
                 let f = st.files.get_mut(&self.id).expect("checked by with_file");
                 f.current.resize(len as usize, 0);
                 f.durable.resize(len as usize, 0);
+                let blocks = len.div_ceil(BLOCK_BYTES) as usize;
+                f.written.truncate(blocks);
+                f.durable_written.truncate(blocks);
                 Ok(())
             })
         })
@@ -589,6 +617,25 @@ impl StorageFile for MemHandle {
 
     fn size(&self) -> IoFuture<'_, u64> {
         Box::pin(async move { self.with_file(|st| Ok(st.files[&self.id].current.len() as u64)) })
+    }
+
+    /// Modelled only where the storage prefers written extents (the ext4 case); elsewhere no
+    /// hint, as on file systems without unwritten extents.
+    fn unwritten_from(&self, pos: u64) -> Option<u64> {
+        self.with_file(|st| {
+            if !st.prefers_written_extents {
+                return Ok(None);
+            }
+            let f = &st.files[&self.id];
+            let len = f.current.len() as u64;
+            let first = (pos / BLOCK_BYTES) as usize;
+            let hole = (first..)
+                .find(|&b| !f.written.get(b).copied().unwrap_or(false))
+                .map_or(len, |b| b as u64 * BLOCK_BYTES);
+            Ok(Some(hole.max(pos).min(len)))
+        })
+        .ok()
+        .flatten()
     }
 
     fn path(&self) -> PathBuf {

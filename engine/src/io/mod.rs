@@ -148,8 +148,9 @@ pub trait StorageFile {
     fn fdatasync(&self) -> IoFuture<'_, ()>;
     /// The first position at or after `pos` (block aligned) from which the file's blocks were
     /// never written (preallocated but unwritten, or a hole), or its size when every block
-    /// from `pos` on was written; `None` when the backend cannot tell cheaply. A hint for
-    /// `log::zero_ahead`, never a durability fact.
+    /// from `pos` on was written; `None` when the backend cannot tell cheaply. The kernel's
+    /// view, not the disk's: a caller that relies on those blocks being durably written
+    /// fdatasyncs the file after asking (`log::zero_ahead`, `log::recycle`).
     fn unwritten_from(&self, pos: u64) -> Option<u64> {
         let _ = pos;
         None

@@ -128,6 +128,11 @@ impl Appender {
             "entry of {len} bytes at {pos} overflows segment {}",
             self.seg.start
         );
+        debug_assert_eq!(
+            EntryHeader::encoded_log_pos(header),
+            pos,
+            "an entry header names the position it is written at"
+        );
         self.push(io, header);
         for p in parts {
             self.push(io, p);
@@ -148,7 +153,7 @@ impl Appender {
                 queue_id: 0,
                 record_count: 0,
                 base_offset: 0,
-                first_timestamp: 0,
+                log_pos: self.next_pos,
                 max_timestamp: 0,
                 append_time_ms: now_ms,
                 epoch,
@@ -357,13 +362,14 @@ mod tests {
         Segment::new(start, size, file, format!("/s/{start}").into(), 0)
     }
 
-    fn header(len: u32) -> [u8; HEADER_LEN] {
+    /// The header of a batch entry of `len` payload bytes written at log position `pos`.
+    fn header(pos: u64, len: u32) -> [u8; HEADER_LEN] {
         EntryHeader {
             kind: EntryKind::Batch,
             queue_id: 1,
             record_count: 1,
             base_offset: 0,
-            first_timestamp: 0,
+            log_pos: pos,
             max_timestamp: 0,
             append_time_ms: 0,
             epoch: 1,
@@ -393,7 +399,7 @@ mod tests {
         let mut expect = Vec::new();
         let mut image = vec![0u8; 64 * BLOCK_BYTES as usize];
         for (i, len) in [100u32, 5000, 10, 3000, 9000].into_iter().enumerate() {
-            let h = header(len);
+            let h = header(a.next_pos(), len);
             let payload = vec![i as u8; len as usize];
             let pos = a.push_entry(&io, &h, &[&payload]);
             assert_eq!(pos, expect.len() as u64);
@@ -426,7 +432,7 @@ mod tests {
     fn whole_block_cut_keeps_the_partial_tail_staged() {
         let io = MemStorage::new();
         let mut a = Appender::new(&io, seg(&io, 0, 64 * BLOCK_BYTES), 0, &[]);
-        a.push_entry(&io, &header(5000), &[&vec![1; 5000]]);
+        a.push_entry(&io, &header(0, 5000), &[&vec![1; 5000]]);
         let w = a.cut(&io, false, 0).unwrap();
         assert_eq!((w.buf.len(), w.data_end, w.partial), (4096, 4096, false));
         assert_eq!(w.file_pos, 0);
@@ -440,7 +446,7 @@ mod tests {
         let size = WRITE_CHUNK_BYTES * 3;
         let mut a = Appender::new(&io, seg(&io, 0, size), 0, &[]);
         let big = vec![3u8; (WRITE_CHUNK_BYTES + 10) as usize];
-        a.push_entry(&io, &header(big.len() as u32), &[&big]);
+        a.push_entry(&io, &header(0, big.len() as u32), &[&big]);
         let w = a.take_sealed().unwrap();
         assert_eq!(w.buf.len() as u64, WRITE_CHUNK_BYTES);
         assert!(a.take_sealed().is_none());

@@ -17,6 +17,7 @@ pub(crate) mod prepare;
 pub(crate) mod readahead;
 pub(crate) mod reader;
 pub(crate) mod recovery;
+pub(crate) mod recycle;
 pub(crate) mod retention;
 pub(crate) mod sendfile;
 pub(crate) mod stream_copy;

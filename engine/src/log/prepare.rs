@@ -22,6 +22,10 @@
 //! fdatasync of this file at once, and a busy log simply rolls onto a partly zeroed (still
 //! fully preallocated) segment.
 //!
+//! A spare left by retention (`log::recycle`) is taken instead of a new file when there is
+//! one: renamed to the temporary name, it needs no preallocation, and the blocks it reports
+//! written (all of them, but for the tail of its last lap) are not zeroed again.
+//!
 //! Crash: a `.prep` file is not part of the log; recovery deletes any it finds. A segment's
 //! bytes past the log end may hold anything (FORMAT.md), so zeros, unwritten blocks or a mix
 //! are all fine. A failed preparation is not a durability event (no acknowledged data lives
@@ -29,13 +33,13 @@
 //! Ordering hazard handled: a zeroing write still in flight when the roll takes the file could
 //! land after the appender's first write of the same blocks, so the roll waits for it.
 
-use super::{Segment, SEGMENT_SUFFIX};
+use super::{recycle, Segment, SEGMENT_SUFFIX};
 use crate::commit::{DirSync, Event};
 use crate::io::Storage;
 use crate::log::recovery::now_ms;
 use crate::log::recovery::{create_segment, open_preallocated};
 use crate::log::zero_ahead::{zero_buf, QuietWatch, QUIET_POLL};
-use crate::shard::Inner;
+use crate::shard::{live, Inner};
 use crate::EngineError;
 use std::cell::Cell;
 use std::io;
@@ -56,13 +60,21 @@ pub(crate) struct PreparedSegment {
     io_inflight: Cell<bool>,
     /// A preparation I/O failed: the file must not become part of the log.
     failed: Cell<bool>,
-    /// Every block has been zeroed (tests and metrics).
-    pub zeroed: Cell<bool>,
+    /// Bytes from the file's beginning known durably written: zero-filled here, or written
+    /// while the file was an earlier segment (`log::recycle`).
+    pub written: Cell<u64>,
+    /// The file is a recycled segment (tests and metrics).
+    recycled: bool,
     /// Notified when an I/O of the preparation completes.
     io_done: Event,
 }
 
 impl PreparedSegment {
+    /// Every block is written: appends into it convert no extent.
+    pub fn fully_written(&self) -> bool {
+        self.written.get() >= self.seg.size
+    }
+
     /// Stops the preparation and waits until none of its I/O is in flight: the file is the
     /// caller's from then on (to append to, or to close).
     pub async fn take(&self) {
@@ -110,8 +122,11 @@ impl Inner {
                 // by the directory sync below, before any data of the segment is acknowledged.
                 Some(p) => {
                     self.prepared_rolls.set(self.prepared_rolls.get() + 1);
-                    if p.zeroed.get() {
+                    if p.fully_written() {
                         self.zeroed_rolls.set(self.zeroed_rolls.get() + 1);
+                    }
+                    if p.recycled {
+                        self.recycled_rolls.set(self.recycled_rolls.get() + 1);
                     }
                     let path = crate::log::segment_path(&dir, start);
                     self.io
@@ -119,17 +134,17 @@ impl Inner {
                         .await
                         .map_err(|e| EngineError::io("rename prepared segment", &p.seg.path, e))?;
                     let seg = Segment::new(start, p.seg.size, p.seg.file.clone(), path, now_ms());
-                    (seg, p.zeroed.get())
+                    (seg, p.written.get().min(p.seg.size))
                 }
                 None => (
                     create_segment(&*self.io, &dir, start, self.cfg.segment_size_bytes).await?,
-                    false,
+                    0,
                 ),
             };
             Ok::<_, EngineError>(seg)
         }
         .await;
-        let (seg, zeroed) = match created {
+        let (seg, written) = match created {
             Ok(s) => s,
             Err(e) => {
                 // The appender is sealed with nowhere to go: refuse appends until reopened.
@@ -156,10 +171,9 @@ impl Inner {
             ds.complete(r);
         })
         .detach();
-        // A segment zero-filled while prepared is written to its end; any other is known
-        // written nowhere yet (`log::zero_ahead` starts from its beginning).
-        let upto = if zeroed { seg.end() } else { seg.start };
-        self.zero_ahead.restart(seg.start, upto);
+        // What the preparation zero-filled, or an earlier lap wrote, appends overwrite
+        // (`log::zero_ahead` goes on from there).
+        self.zero_ahead.restart(seg.start, seg.start + written);
         let mut st = self.state.borrow_mut();
         st.segments.map.insert(start, seg.clone());
         st.appender.start_segment(&*self.io, seg);
@@ -200,8 +214,12 @@ impl Inner {
                 weak.upgrade()
                     .filter(|i| !i.stopped() && i.state.borrow().appender.segment().end() == start)
             };
-            let seg = match create_prepared(&*io, &dir, start, size).await {
-                Ok(seg) => seg,
+            let Some(spare) = take_spare(&weak).await else {
+                return;
+            };
+            let (seg, written, recycled) = match prepare_file(&*io, &dir, start, size, spare).await
+            {
+                Ok(prepared) => prepared,
                 Err(e) => {
                     // Not a durability event: no acknowledged data lives in this file.
                     tracing::warn!(error = %e, start, "preparing the next segment failed");
@@ -220,7 +238,8 @@ impl Inner {
                 taken: Cell::new(false),
                 io_inflight: Cell::new(false),
                 failed: Cell::new(false),
-                zeroed: Cell::new(false),
+                written: Cell::new(written),
+                recycled,
                 io_done: Event::default(),
             });
             *inner.next_segment.borrow_mut() = Some(p.clone());
@@ -256,18 +275,50 @@ impl Inner {
     }
 }
 
+/// A spare segment file for the next segment, if recycling has one (`None` inside: create a
+/// file); `None` when the shard is gone. Under retention the segments it is about to remove
+/// are removed now, so that the roll reuses one of them rather than retention deleting them
+/// all on its next periodic pass (one spare per roll is the steady state).
+async fn take_spare(weak: &Weak<Inner>) -> Option<Option<u64>> {
+    let inner = live(weak)?;
+    let recycling = inner.cfg.recycle_segments && inner.retention_configured();
+    if recycling && inner.spares.borrow().is_empty() {
+        if let Err(e) = inner.enforce_retention().await {
+            tracing::warn!(error = %e, "retention before preparing a segment failed");
+        }
+    }
+    let spare = inner.spares.borrow_mut().pop();
+    Some(spare)
+}
+
 pub(crate) fn prep_path(dir: &Path, start: u64) -> PathBuf {
     dir.join(format!("{start:020}{SEGMENT_SUFFIX}{PREP_SUFFIX}"))
 }
 
-/// Creates the segment that will start at `start` under its temporary name, preallocated.
-async fn create_prepared(
+/// The segment that will start at `start`, under its temporary name: the spare that started
+/// at `spare` if there is one and it can be reused (`log::recycle`), else a new file,
+/// preallocated. Returns it, how many bytes from its beginning are known written, and
+/// whether it is a recycled one.
+async fn prepare_file(
     io: &dyn Storage,
     dir: &Path,
     start: u64,
     size: u64,
-) -> io::Result<Rc<Segment>> {
-    open_preallocated(io, prep_path(dir, start), start, size).await
+    spare: Option<u64>,
+) -> io::Result<(Rc<Segment>, u64, bool)> {
+    let to = prep_path(dir, start);
+    if let Some(old) = spare {
+        match recycle::reuse_spare(io, dir, old, to.clone(), start, size).await {
+            Ok((seg, written)) => return Ok((seg, written, true)),
+            Err(e) => {
+                tracing::warn!(error = %e, start, "reusing a spare segment failed; creating one");
+                let _ = io.remove(recycle::spare_path(dir, old)).await;
+                let _ = io.remove(to.clone()).await;
+            }
+        }
+    }
+    let seg = open_preallocated(io, to, start, size).await?;
+    Ok((seg, 0, false))
 }
 
 /// Zero-fills `p` front to back, one write at a time, each only when `may_write()` says the
@@ -285,7 +336,9 @@ async fn zero_fill_when_quiet(
         return;
     };
     let mut buf: Option<crate::io::IoBuf> = None;
-    let mut pos = 0;
+    let Some(mut pos) = weak_p.upgrade().map(|p| p.written.get()) else {
+        return;
+    };
     while pos < size {
         let Some(p) = weak_p.upgrade().filter(|p| !p.taken.get()) else {
             return;
@@ -310,7 +363,10 @@ async fn zero_fill_when_quiet(
                     // The roll waits for us: the appender's own fdatasyncs cover the file now.
                     Ok(())
                 } else {
-                    p.seg.file.fdatasync().await.map(|()| pos += n)
+                    p.seg.file.fdatasync().await.map(|()| {
+                        pos += n;
+                        p.written.set(pos);
+                    })
                 }
             }
             Err(e) => Err(e),
@@ -324,8 +380,5 @@ async fn zero_fill_when_quiet(
             p.failed.set(true);
             return;
         }
-    }
-    if let Some(p) = weak_p.upgrade() {
-        p.zeroed.set(true);
     }
 }

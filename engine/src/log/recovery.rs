@@ -17,7 +17,9 @@
 //!
 //! Faults handled: a torn or partly-landed tail (writes in flight land in any order, so valid
 //! entries may follow a hole: the first hole ends the log); stale entries beyond an earlier
-//! truncation (their epoch is smaller than the entry before them); a segment index file that
+//! truncation (their epoch is smaller than the entry before them); the entries a recycled
+//! segment held in its earlier lap (each names the log position it was written at, which is
+//! not where they now lie); a segment index file that
 //! is missing or fails its check (that segment is scanned); an index file whose segment is gone
 //! (retention crashed between its two deletions: removed); a missing checkpoint (full scan).
 //! A checkpoint that exists but does not decode is fatal: `EngineError::Corrupt`, or
@@ -63,6 +65,8 @@ pub(crate) struct Recovered {
     pub seg_index: SegmentIndexes,
     /// Segments whose index file was unusable and had to be scanned (tests and metrics).
     pub rebuilt_segments: u64,
+    /// Spare segment files kept for reuse (`log::recycle`), by their old start.
+    pub spares: Vec<u64>,
 }
 
 pub(crate) async fn recover(cfg: &ShardConfig, io: &dyn Storage) -> Result<Recovered, EngineError> {
@@ -79,6 +83,10 @@ pub(crate) async fn recover(cfg: &ShardConfig, io: &dyn Storage) -> Result<Recov
         .await
         .map_err(|e| EngineError::io("list shard directory", dir, e))?;
     let mut segments = open_segments(io, dir, &names, cfg.segment_size_bytes).await?;
+    let keep_spares = cfg.recycle_segments && io.prefers_written_extents();
+    let spares =
+        super::recycle::recover_spares(io, dir, &names, cfg.segment_size_bytes, keep_spares)
+            .await?;
     remove_orphan_indexes(io, dir, &names, &segments).await?;
     let first_start = segments.map.keys().next().copied();
 
@@ -153,6 +161,7 @@ pub(crate) async fn recover(cfg: &ShardConfig, io: &dyn Storage) -> Result<Recov
         tail,
         seg_index: scan.seg_index,
         rebuilt_segments: scan.rebuilt_segments,
+        spares,
     })
 }
 
@@ -509,6 +518,16 @@ impl Scan {
                     break;
                 }
             };
+            // A recycled segment holds the entries of its earlier lap until new ones overwrite
+            // them: whole and CRC-valid, but written at another position.
+            if h.log_pos != pos {
+                stop(
+                    &seg,
+                    pos,
+                    "entry written at another log position (a recycled segment's)",
+                );
+                break;
+            }
             // Epochs never decrease along the log; a smaller one is a leftover of an earlier
             // run, beyond a tail that run's successor truncated.
             let floor = if pos >= self.ckpt_pos {

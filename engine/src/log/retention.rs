@@ -11,12 +11,13 @@
 //!  2 remove <start>.idx, sync the directory
 //! ```
 //!
+//! Step 1 renames the `.log` to a spare instead when it may be recycled (`log::recycle`).
 //! Crash between 1 and 2: an orphan `.idx` remains; recovery reads an index file only for a
 //! segment whose `.log` exists, and removes orphans. The reverse order could leave a `.log`
 //! whose index is gone, which recovery would rebuild by scanning the whole segment, only for
 //! retention to delete it again.
 
-use super::SegmentSet;
+use super::{recycle, SegmentSet};
 use crate::index::segments::segment_index_path;
 use crate::log::recovery::now_ms;
 use crate::shard::Inner;
@@ -24,10 +25,19 @@ use crate::EngineError;
 use std::rc::Rc;
 
 impl Inner {
+    pub(crate) fn retention_configured(&self) -> bool {
+        self.cfg.retention_ms.is_some() || self.cfg.retention_bytes.is_some()
+    }
+
     pub(crate) async fn enforce_retention(self: &Rc<Self>) -> Result<(), EngineError> {
-        if self.cfg.retention_ms.is_none() && self.cfg.retention_bytes.is_none() {
+        if !self.retention_configured() {
             return Ok(());
         }
+        let _permit = self
+            .retention_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| EngineError::Closed)?;
         let (doomed, end) = {
             let st = self.state.borrow();
             let d = segments_to_delete(
@@ -57,24 +67,43 @@ impl Inner {
             }
             for s in &doomed {
                 st.seg_index.forget(*s);
-                self.seg_files.forget(*s);
             }
             doomed
                 .iter()
                 .filter_map(|s| st.segments.map.remove(s))
+                .map(|seg| (self.seg_files.forget(seg.start), seg))
                 .collect()
         };
-        for seg in removed {
-            tracing::info!(segment = %seg.path.display(), "retention deletes segment");
+        for (sendfile, seg) in removed {
+            let keep = recycle::may_keep(
+                self.cfg.recycle_segments,
+                &*self.io,
+                &seg,
+                sendfile.as_ref(),
+                self.cfg.segment_size_bytes,
+                self.spares.borrow().len(),
+            );
+            drop(sendfile);
             // A read still holding the segment keeps reading the unlinked file; its descriptors
             // then close when the last holder drops it.
             if Rc::strong_count(&seg) == 1 {
                 seg.close_quietly().await;
             }
-            self.io
-                .remove(seg.path.clone())
-                .await
-                .map_err(|e| EngineError::io("remove segment", &seg.path, e))?;
+            if keep {
+                tracing::info!(segment = %seg.path.display(), "retention keeps segment as a spare");
+                let to = recycle::spare_path(&self.cfg.dir, seg.start);
+                self.io
+                    .rename(seg.path.clone(), to)
+                    .await
+                    .map_err(|e| EngineError::io("rename segment to spare", &seg.path, e))?;
+                self.spares.borrow_mut().push(seg.start);
+            } else {
+                tracing::info!(segment = %seg.path.display(), "retention deletes segment");
+                self.io
+                    .remove(seg.path.clone())
+                    .await
+                    .map_err(|e| EngineError::io("remove segment", &seg.path, e))?;
+            }
             self.sync_dir().await?;
             let idx = segment_index_path(&self.cfg.dir, seg.start);
             match self.io.remove(idx.clone()).await {

@@ -4,6 +4,7 @@
 
 mod crash;
 mod real_files;
+mod recycle;
 mod segment_index;
 mod zero_ahead;
 
@@ -541,7 +542,7 @@ fn prepared_segments_are_used_and_cleaned_up() {
                         .next_segment
                         .borrow()
                         .as_ref()
-                        .is_some_and(|p| p.zeroed.get());
+                        .is_some_and(|p| p.fully_written());
                 if ready {
                     break;
                 }
