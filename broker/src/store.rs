@@ -73,7 +73,17 @@ impl Store {
     pub fn log_start_offset(&self, q: QueueId) -> Offset {
         match self {
             Store::Engine(s) => s.log_start_offset(q),
-            Store::Memory(_) => Offset(0),
+            Store::Memory(m) => m.queue(q, |mq| Offset(mq.start)),
+        }
+    }
+
+    /// Moves the queue's log start forward to `offset` (never backwards, never past the end);
+    /// returns the new start. Durable with the engine's next checkpoint (see
+    /// `Shard::advance_log_start`).
+    pub fn advance_log_start(&self, q: QueueId, offset: Offset) -> Result<Offset, EngineError> {
+        match self {
+            Store::Engine(s) => s.advance_log_start(q, offset),
+            Store::Memory(m) => m.advance_log_start(q, offset),
         }
     }
 
@@ -153,6 +163,8 @@ impl MemBatch {
 #[derive(Default)]
 struct MemQueue {
     batches: Vec<MemBatch>,
+    /// First readable offset.
+    start: u64,
     end: u64,
     deleted: bool,
 }
@@ -202,6 +214,18 @@ impl MemStore {
         })
     }
 
+    fn advance_log_start(&self, q: QueueId, offset: Offset) -> Result<Offset, EngineError> {
+        let mut map = self.queues.borrow_mut();
+        let mq = map.entry(q).or_default();
+        if mq.deleted {
+            return Err(EngineError::QueueDeleted(q));
+        }
+        mq.start = offset.0.min(mq.end).max(mq.start);
+        let start = mq.start;
+        mq.batches.retain(|b| b.base + b.records > start);
+        Ok(Offset(start))
+    }
+
     fn read(&self, q: QueueId, from: Offset, max_bytes: usize) -> Result<ReadResult, EngineError> {
         let map = self.queues.borrow();
         let empty = MemQueue::default();
@@ -209,11 +233,11 @@ impl MemStore {
         if mq.deleted {
             return Err(EngineError::QueueDeleted(q));
         }
-        if from.0 > mq.end {
+        if from.0 > mq.end || from.0 < mq.start {
             return Err(EngineError::OffsetOutOfRange {
                 queue: q,
                 requested: from,
-                log_start: Offset(0),
+                log_start: Offset(mq.start),
                 end: Offset(mq.end),
             });
         }
@@ -238,7 +262,7 @@ impl MemStore {
         Ok(ReadResult {
             batches,
             end_offset: Offset(mq.end),
-            log_start_offset: Offset(0),
+            log_start_offset: Offset(mq.start),
         })
     }
 }

@@ -101,6 +101,11 @@ pub struct ShardConfig {
     /// Only on storage that prefers written extents; at most two spares (two segments of disk
     /// beyond the retention limit). Default true.
     pub recycle_segments: bool,
+    /// Queues whose retained batches retention never removes: it stops at the segment holding
+    /// the first batch at or after such a queue's log start, which only
+    /// [`Shard::advance_log_start`] moves (the broker's internal queues, which it compacts).
+    /// Default none.
+    pub pinned_queues: Vec<QueueId>,
 }
 
 /// How [`Shard::read`] and [`Shard::read_sendable`] read batches that are not in the tail
@@ -143,6 +148,7 @@ impl Default for ShardConfig {
             backlog_read: BacklogRead::default(),
             zero_ahead: true,
             recycle_segments: true,
+            pinned_queues: Vec::new(),
         }
     }
 }

@@ -86,6 +86,9 @@ pub(crate) struct Inner {
     pub recycled_rolls: Cell<u64>,
     /// Spare segment files kept for reuse, by the start they had in the log (`log::recycle`).
     pub(crate) spares: RefCell<Vec<u64>>,
+    /// A queue's log start was advanced since the last periodic checkpoint, which must then
+    /// record it even if the log did not move.
+    pub(crate) log_starts_moved: Cell<bool>,
     /// Segments whose index file recovery found unusable and rebuilt by a scan (tests and
     /// metrics).
     pub rebuilt_segments: u64,
@@ -169,6 +172,7 @@ impl Shard {
             zeroed_rolls: Cell::new(0),
             recycled_rolls: Cell::new(0),
             spares: RefCell::new(rec.spares),
+            log_starts_moved: Cell::new(false),
             rebuilt_segments: rec.rebuilt_segments,
             zero_ahead,
             backlog_reads: Cell::new(0),
@@ -311,6 +315,31 @@ impl Shard {
                 .filter(|q| !q.deleted)
                 .map_or(0, |q| q.log_start_offset),
         )
+    }
+
+    /// Moves `queue`'s log start forward to `offset` (never backwards, never past its end) and
+    /// returns the new start: reads below it fail with `OffsetOutOfRange`, and retention no
+    /// longer keeps segments for the batches before it (Kafka's DeleteRecords; the broker's
+    /// compaction of its internal queues).
+    ///
+    /// Durability: the new start is recorded by the next checkpoint (at most
+    /// `MAINTENANCE_INTERVAL_MS` away, or at close). After a crash before it the start may be
+    /// back where it was, never anywhere else.
+    pub fn advance_log_start(&self, queue: QueueId, offset: Offset) -> Result<Offset, EngineError> {
+        let mut st = self.inner.state.borrow_mut();
+        match st.queues.get_mut(&queue) {
+            Some(q) if q.deleted => Err(EngineError::QueueDeleted(queue)),
+            Some(q) => {
+                let before = q.log_start_offset;
+                let start = q.advance_log_start(offset.0);
+                if start != before {
+                    self.inner.log_starts_moved.set(true);
+                }
+                Ok(Offset(start))
+            }
+            // Never appended to: empty, start and end at 0.
+            None => Ok(Offset(0)),
+        }
     }
 
     /// First readable batch whose max timestamp is `>= ts_ms`: its base offset and max timestamp.
@@ -895,7 +924,8 @@ fn spawn_background(inner: &Rc<Inner>) {
                     let st = inner.state.borrow();
                     (st.appender.next_pos(), st.checkpoint_pos)
                 };
-                if (periodic && pos > ckpt) || pos >= ckpt + CHECKPOINT_EVERY_BYTES {
+                let moved = periodic && inner.log_starts_moved.take();
+                if (periodic && pos > ckpt) || moved || pos >= ckpt + CHECKPOINT_EVERY_BYTES {
                     if let Err(e) = inner.checkpoint().await {
                         tracing::warn!(error = %e, "background checkpoint failed");
                     }

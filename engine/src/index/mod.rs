@@ -93,11 +93,17 @@ impl QueueIndex {
             return;
         }
         self.slots.drain(..n);
-        self.log_start_offset = self
+        let first = self
             .slots
             .front()
             .map_or(self.end_offset, |s| s.entry.base_offset);
-        // Keep prefix maxima exact for the retained entries.
+        // Never backwards: the start may have been advanced into the first retained batch.
+        self.log_start_offset = self.log_start_offset.max(first);
+        self.recompute_prefix_max();
+    }
+
+    /// Keeps prefix maxima exact for the retained entries after a trim.
+    fn recompute_prefix_max(&mut self) {
         let mut m = i64::MIN;
         for s in self.slots.iter_mut() {
             m = m.max(s.entry.max_timestamp);
@@ -106,14 +112,36 @@ impl QueueIndex {
     }
 
     /// After recovery: the log start is the first retained batch (or the end, when retention
-    /// removed every batch). Recovery loads entries only from segments that still exist, so a
-    /// checkpoint written before retention deleted a segment may name an older start.
+    /// removed every batch), or the start the checkpoint names if that is later (the queue's
+    /// start was advanced: [`QueueIndex::advance_log_start`]). Recovery loads entries only
+    /// from segments that still exist, so a checkpoint written before retention deleted a
+    /// segment may name an older start.
     pub fn settle_log_start(&mut self) {
         let first = self
             .slots
             .front()
             .map_or(self.end_offset, |s| s.entry.base_offset);
-        self.log_start_offset = self.log_start_offset.max(first);
+        let start = self.log_start_offset.max(first);
+        self.advance_log_start(start);
+    }
+
+    /// Moves the log start forward to `offset` (never backwards, never past the end) and drops
+    /// the entries of batches wholly before it; a batch holding the start stays whole (a read
+    /// from inside a batch returns the whole batch). Returns the new start.
+    pub fn advance_log_start(&mut self, offset: u64) -> u64 {
+        let start = offset.min(self.end_offset).max(self.log_start_offset);
+        let n = self.slots.partition_point(|s| s.entry.last_offset < start);
+        if n > 0 {
+            self.slots.drain(..n);
+            self.recompute_prefix_max();
+        }
+        self.log_start_offset = start;
+        start
+    }
+
+    /// Log position of the first retained batch, if any.
+    pub fn first_pos(&self) -> Option<u64> {
+        self.slots.front().map(|s| s.entry.log_pos)
     }
 }
 
@@ -179,6 +207,29 @@ mod tests {
         assert_eq!(q.slots.len(), 1);
         q.trim_before(1000);
         assert_eq!(q.log_start_offset, 9);
+    }
+
+    /// Catches: prefix maxima of dropped batches left in place (a time lookup would then answer
+    /// a batch whose own timestamps are all earlier), and a trim moving an advanced start back.
+    #[test]
+    fn advancing_keeps_the_batch_holding_the_start_and_exact_time_lookups() {
+        let mut q = sample();
+        assert_eq!(q.advance_log_start(4), 4);
+        assert_eq!(
+            (q.slots.len(), q.find(4)),
+            (2, 0),
+            "batch [3, 4] stays whole"
+        );
+        assert_eq!(q.advance_log_start(5), 5);
+        assert_eq!(q.slots.len(), 1);
+        // The dropped first batch reached 10; the one left has its own max, 30.
+        assert_eq!(q.slots[0].prefix_max_ts, 30);
+        assert_eq!(q.advance_log_start(2), 5);
+        assert_eq!(q.advance_log_start(7), 7);
+        q.trim_before(150);
+        assert_eq!(q.log_start_offset, 7, "a trim keeps an advanced start");
+        assert_eq!(q.advance_log_start(100), 9);
+        assert!(q.slots.is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Retention: which whole segments to delete, oldest first, by age and by total size.
 //!
-//! Only a prefix of the log is ever deleted (never the active segment), so every queue's log
+//! Only a prefix of the log is ever deleted (never the active segment, nor a segment holding
+//! a retained batch of a pinned queue: `ShardConfig::pinned_queues`), so every queue's log
 //! start offset only moves forward. The shard writes a checkpoint past a segment before it
 //! deletes it, so recovery never needs bytes that retention removed.
 //!
@@ -40,9 +41,19 @@ impl Inner {
             .map_err(|_| EngineError::Closed)?;
         let (doomed, end) = {
             let st = self.state.borrow();
+            // Pinned queues keep every segment from the one holding their first retained batch.
+            let keep_from = self
+                .cfg
+                .pinned_queues
+                .iter()
+                .filter_map(|q| st.queues.get(q).filter(|q| !q.deleted))
+                .filter_map(|q| q.first_pos())
+                .min()
+                .and_then(|pos| st.segments.find(pos))
+                .map_or(u64::MAX, |seg| seg.start);
             let d = segments_to_delete(
                 &st.segments,
-                st.appender.segment().start,
+                st.appender.segment().start.min(keep_from),
                 self.cfg.retention_ms,
                 self.cfg.retention_bytes,
                 now_ms(),
@@ -117,10 +128,11 @@ impl Inner {
     }
 }
 
-/// Start positions of the segments to delete, oldest first.
+/// Start positions of the segments to delete, oldest first: never the segment starting at
+/// `keep_from` (the active one, or the first a pinned queue needs) nor any after it.
 pub(crate) fn segments_to_delete(
     segments: &SegmentSet,
-    active_start: u64,
+    keep_from: u64,
     retention_ms: Option<u64>,
     retention_bytes: Option<u64>,
     now_ms: i64,
@@ -128,7 +140,7 @@ pub(crate) fn segments_to_delete(
     let mut total = segments.total_bytes();
     let mut out = Vec::new();
     for seg in segments.map.values() {
-        if seg.start >= active_start {
+        if seg.start >= keep_from {
             break;
         }
         let too_big = retention_bytes.is_some_and(|max| total > max);

@@ -357,6 +357,114 @@ fn segments_roll_and_retention_moves_log_start() {
     });
 }
 
+/// A queue's log start moves forward on request, never backwards nor past the end; reads
+/// below it are out of range, a read inside the batch holding it returns that whole batch, and
+/// the start survives a restart (the periodic checkpoint records it even when nothing else
+/// moved; here `close` does).
+#[test]
+fn advancing_the_log_start_hides_older_batches_durably() {
+    run(|| async {
+        let io = MemStorage::new();
+        let c = small_cfg("/ls");
+        let q = QueueId(2);
+        let s = open(&c, &io).await;
+        for _ in 0..10 {
+            s.append(q, batch(3, 0, -1, -1, 100), Durability::Durable)
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.advance_log_start(q, Offset(7)).unwrap(), Offset(7));
+        assert_eq!(
+            s.advance_log_start(q, Offset(4)).unwrap(),
+            Offset(7),
+            "never backwards"
+        );
+        assert!(matches!(
+            s.read(q, Offset(6), 1 << 20).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
+        // Offset 7 lies in the batch [6, 8]: a read from it returns that batch whole.
+        assert_eq!(read_all(&s, q).await.first(), Some(&(6, 3)));
+        assert_eq!(
+            s.advance_log_start(q, Offset(99)).unwrap(),
+            Offset(30),
+            "never past the end"
+        );
+        assert_eq!(
+            s.advance_log_start(QueueId(9), Offset(5)).unwrap(),
+            Offset(0)
+        );
+        s.advance_log_start(q, Offset(12)).unwrap();
+        s.close().await.unwrap();
+        drop(s);
+        let s = open(&c, &io).await;
+        assert_eq!(s.log_start_offset(q), Offset(30));
+        assert!(read_all(&s, q).await.is_empty());
+        s.append(q, batch(1, 0, -1, -1, 100), Durability::Durable)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&s, q).await, vec![(30, 1)]);
+    });
+}
+
+/// Retention never removes a segment holding a retained batch of a pinned queue, whatever its
+/// size or age limits say, and goes on once that queue's log start has moved past it.
+/// Catches: the broker's internal state (topics, committed offsets) deleted by retention.
+#[test]
+fn retention_keeps_pinned_queues_from_their_log_start() {
+    run(|| async {
+        let io = MemStorage::new();
+        let pinned = QueueId(7);
+        let c = ShardConfig {
+            retention_bytes: Some(2 * (64 << 10)),
+            pinned_queues: vec![pinned],
+            ..small_cfg("/pin")
+        };
+        let s = open(&c, &io).await;
+        s.append(pinned, batch(1, 0, -1, -1, 100), Durability::Durable)
+            .await
+            .unwrap();
+        for _ in 0..40 {
+            s.append(QueueId(1), batch(1, 0, -1, -1, 10_000), Durability::Written)
+                .await
+                .unwrap();
+        }
+        let snapshot = s
+            .append(pinned, batch(1, 0, -1, -1, 100), Durability::Durable)
+            .await
+            .unwrap();
+        for _ in 0..40 {
+            s.append(QueueId(1), batch(1, 0, -1, -1, 10_000), Durability::Written)
+                .await
+                .unwrap();
+        }
+        s.flush().await.unwrap();
+        s.enforce_retention().await.unwrap();
+        assert_eq!(
+            s.log_start_offset(QueueId(1)),
+            Offset(0),
+            "segment 0 holds the pin"
+        );
+        assert_eq!(read_all(&s, pinned).await, vec![(0, 1), (1, 1)]);
+        s.advance_log_start(pinned, snapshot.base_offset).unwrap();
+        s.enforce_retention().await.unwrap();
+        let start = s.log_start_offset(QueueId(1)).0;
+        assert!(
+            start > 0 && start < 40,
+            "stops at the second pinned batch: {start}"
+        );
+        assert_eq!(read_all(&s, pinned).await, vec![(1, 1)]);
+        s.advance_log_start(pinned, Offset(2)).unwrap();
+        s.enforce_retention().await.unwrap();
+        assert!(s.log_start_offset(QueueId(1)).0 > 40);
+        drop(s);
+        io.crash(CrashMode::DropUnsynced);
+        let s = open(&c, &io).await;
+        assert_eq!(s.end_offset(pinned), Offset(2));
+        assert!(read_all(&s, pinned).await.is_empty());
+    });
+}
+
 #[test]
 fn deleted_queue_stays_deleted_after_a_crash() {
     run(|| async {
