@@ -303,7 +303,7 @@ pub async fn create_topics_api(
                 .with_error_code(code)
                 .with_error_message(msg.map(|m| s(&m)));
             if code == errors::NONE {
-                let configs = merged_configs(&spec.configs)
+                let configs = merged_configs(&spec.configs, &core.config)
                     .into_iter()
                     .map(|(k, v, explicit)| {
                         CreatableTopicConfigs::default()
@@ -332,12 +332,21 @@ pub async fn create_topics_api(
     CreateTopicsResponse::default().with_topics(topics)
 }
 
-/// Defaults overlaid with explicit configs: (name, value, explicitly set).
-fn merged_configs(explicit: &BTreeMap<String, String>) -> Vec<(String, String, bool)> {
+/// Defaults overlaid with explicit configs: (name, value, explicitly set). A topic's default
+/// `retention.ms` is the broker's (enforced per core, on whole segments); `retention.bytes`
+/// stays -1, the broker's size limit being per core, not per partition.
+fn merged_configs(
+    explicit: &BTreeMap<String, String>,
+    config: &crate::config::Config,
+) -> Vec<(String, String, bool)> {
     let mut all: BTreeMap<String, (String, bool)> = default_topic_configs()
         .into_iter()
         .map(|(k, v)| (k, (v, false)))
         .collect();
+    all.insert(
+        "retention.ms".to_string(),
+        (kafka_limit(config.retention_ms), false),
+    );
     for (k, v) in explicit {
         all.insert(k.clone(), (v.clone(), true));
     }
@@ -536,7 +545,7 @@ pub fn describe_configs(
                 .with_resource_name(r.resource_name.clone());
             let entries: Vec<(String, String, bool)> = match r.resource_type {
                 RESOURCE_TOPIC => match meta.topic(r.resource_name.as_str()) {
-                    Some(t) => merged_configs(&t.configs),
+                    Some(t) => merged_configs(&t.configs, &core.config),
                     None => return base.with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION),
                 },
                 RESOURCE_BROKER => broker_configs(core),
@@ -567,6 +576,11 @@ pub fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
+/// A limit as Kafka reports it: -1 for none.
+fn kafka_limit(v: Option<u64>) -> String {
+    v.map_or("-1".to_string(), |v| v.to_string())
+}
+
 fn broker_configs(core: &Core) -> Vec<(String, String, bool)> {
     let c = &core.config;
     [
@@ -577,6 +591,8 @@ fn broker_configs(core: &Core) -> Vec<(String, String, bool)> {
         ("num.partitions", c.default_partitions.to_string()),
         ("socket.request.max.bytes", c.max_frame_bytes.to_string()),
         ("log.segment.bytes", c.segment_size_bytes.to_string()),
+        ("log.retention.ms", kafka_limit(c.retention_ms)),
+        ("log.retention.bytes", kafka_limit(c.retention_bytes)),
         (
             "group.initial.rebalance.delay.ms",
             c.group_initial_rebalance_delay_ms.to_string(),

@@ -74,6 +74,14 @@ pub struct Cli {
     /// RocketMQ's async flush; 0 turns it off, leaving acks=1 data to the periodic checkpoint).
     #[arg(long, env = "RINGMQ_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
+    /// Delete whole commit-log segments once their newest record is older than this (default
+    /// 604800000, Kafka's 7 days; -1 keeps everything). Per core, for all its partitions.
+    #[arg(long, env = "RINGMQ_RETENTION_MS", allow_negative_numbers = true)]
+    pub retention_ms: Option<i64>,
+    /// Delete the oldest whole segments of a core once its commit log exceeds this many bytes
+    /// (default -1: no size limit). Per core, not per partition.
+    #[arg(long, env = "RINGMQ_RETENTION_BYTES", allow_negative_numbers = true)]
+    pub retention_bytes: Option<i64>,
     /// Delay before the first rebalance of a new consumer group (Kafka default 3000).
     #[arg(long, env = "RINGMQ_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -166,6 +174,8 @@ struct FileConfig {
     segment_size_bytes: Option<u64>,
     zero_ahead: Option<bool>,
     flush_interval_ms: Option<u64>,
+    retention_ms: Option<i64>,
+    retention_bytes: Option<i64>,
     group_initial_rebalance_delay_ms: Option<u64>,
     group_min_session_timeout_ms: Option<i32>,
     group_max_session_timeout_ms: Option<i32>,
@@ -194,6 +204,9 @@ pub struct Config {
     pub segment_size_bytes: u64,
     pub zero_ahead: bool,
     pub flush_interval_ms: Option<u64>,
+    /// Segment retention by age and by size, per core (None: keep).
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
@@ -222,6 +235,17 @@ pub enum ConfigError {
 
 /// Default interval of the background flusher (RocketMQ's async-flush interval).
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 500;
+/// Kafka's `log.retention.hours` default, 168.
+pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// A retention limit as Kafka spells it: a negative value keeps everything, none given is the
+/// default.
+fn limit(given: Option<i64>, default: Option<u64>) -> Option<u64> {
+    match given {
+        Some(v) => u64::try_from(v).ok(),
+        None => default,
+    }
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -243,6 +267,8 @@ impl Default for Config {
             segment_size_bytes: 1 << 30,
             zero_ahead: true,
             flush_interval_ms: Some(DEFAULT_FLUSH_INTERVAL_MS),
+            retention_ms: Some(DEFAULT_RETENTION_MS),
+            retention_bytes: None,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
@@ -313,6 +339,11 @@ impl Config {
                 .or(file.flush_interval_ms)
                 .or(d.flush_interval_ms)
                 .filter(|&ms| ms > 0),
+            retention_ms: limit(cli.retention_ms.or(file.retention_ms), d.retention_ms),
+            retention_bytes: limit(
+                cli.retention_bytes.or(file.retention_bytes),
+                d.retention_bytes,
+            ),
             group_initial_rebalance_delay_ms: cli
                 .group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms)
@@ -410,6 +441,25 @@ mod tests {
             (2, 4, false)
         );
         assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 9092)));
+    }
+
+    #[test]
+    fn retention_defaults_to_kafkas_seven_days_and_minus_one_keeps_everything() {
+        let c = Config::resolve(Cli::try_parse_from(["ringmq"]).unwrap()).unwrap();
+        assert_eq!(
+            (c.retention_ms, c.retention_bytes),
+            (Some(DEFAULT_RETENTION_MS), None)
+        );
+        let cli = Cli::try_parse_from([
+            "ringmq",
+            "--retention-ms",
+            "-1",
+            "--retention-bytes",
+            "1073741824",
+        ])
+        .unwrap();
+        let c = Config::resolve(cli).unwrap();
+        assert_eq!((c.retention_ms, c.retention_bytes), (None, Some(1 << 30)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::api::ConnInfo;
 use crate::config::{Config, StorageKind};
 use crate::core::{begin_stop, install, Core, Shared};
 use crate::mesh::{Mesh, MeshMsg, MESH_CHANNEL_CAPACITY};
+use crate::metadata::{GROUP_QUEUE, META_QUEUE};
 use crate::store::{MemStore, Store};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
@@ -282,6 +283,11 @@ async fn open_store(config: &Config, id: usize) -> Result<Store, String> {
                 segment_size_bytes: config.segment_size_bytes,
                 zero_ahead: config.zero_ahead,
                 flush_interval_ms: config.flush_interval_ms,
+                retention_ms: config.retention_ms,
+                retention_bytes: config.retention_bytes,
+                // Topic metadata and consumer groups live in these queues: retention keeps
+                // them from their log start on, which their compaction moves forward.
+                pinned_queues: vec![META_QUEUE, GROUP_QUEUE],
                 io_memory_bytes: io_memory_per_core(config.cores),
                 backlog_read: config.fetch_backlog_read.into(),
                 ..ShardConfig::default()

@@ -77,6 +77,15 @@ impl Store {
         }
     }
 
+    /// Bytes of log from the queue's first retained batch to the head (`Shard::retained_log_bytes`;
+    /// 0 in memory, where nothing is retained by position).
+    pub fn retained_log_bytes(&self, q: QueueId) -> u64 {
+        match self {
+            Store::Engine(s) => s.retained_log_bytes(q),
+            Store::Memory(_) => 0,
+        }
+    }
+
     /// Moves the queue's log start forward to `offset` (never backwards, never past the end);
     /// returns the new start. Durable with the engine's next checkpoint (see
     /// `Shard::advance_log_start`).

@@ -342,6 +342,18 @@ impl Shard {
         }
     }
 
+    /// How many bytes of log lie from `queue`'s first retained batch to the head (0 when it
+    /// has none): what that queue holds back from retention if it is pinned
+    /// (`ShardConfig::pinned_queues`), so that its owner knows when to compact it.
+    pub fn retained_log_bytes(&self, queue: QueueId) -> u64 {
+        let st = self.inner.state.borrow();
+        st.queues
+            .get(&queue)
+            .filter(|q| !q.deleted)
+            .and_then(|q| q.first_pos())
+            .map_or(0, |pos| st.appender.next_pos().saturating_sub(pos))
+    }
+
     /// First readable batch whose max timestamp is `>= ts_ms`: its base offset and max timestamp.
     pub async fn offset_for_timestamp(
         &self,

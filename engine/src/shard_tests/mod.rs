@@ -446,7 +446,14 @@ fn retention_keeps_pinned_queues_from_their_log_start() {
             "segment 0 holds the pin"
         );
         assert_eq!(read_all(&s, pinned).await, vec![(0, 1), (1, 1)]);
+        let held = s.retained_log_bytes(pinned);
+        assert!(
+            held > 70 * 10_000,
+            "the pin holds back nearly the whole log: {held}"
+        );
         s.advance_log_start(pinned, snapshot.base_offset).unwrap();
+        let held = s.retained_log_bytes(pinned);
+        assert!((40 * 10_000..50 * 10_000).contains(&held), "{held}");
         s.enforce_retention().await.unwrap();
         let start = s.log_start_offset(QueueId(1)).0;
         assert!(
