@@ -70,6 +70,11 @@ pub struct Cli {
     /// fdatasync-and-group-commit.md).
     #[arg(long, env = "RINGMQ_ZERO_AHEAD", action = clap::ArgAction::Set)]
     pub zero_ahead: Option<bool>,
+    /// Reuse the segment files retention removes as later segments (true/false, default true),
+    /// so that appends overwrite written blocks under constant load too; at most two spare
+    /// files per core are kept beyond the retention limit.
+    #[arg(long, env = "RINGMQ_RECYCLE_SEGMENTS", action = clap::ArgAction::Set)]
+    pub recycle_segments: Option<bool>,
     /// Background flush interval: acks=1 data becomes durable within this time (default 500,
     /// RocketMQ's async flush; 0 turns it off, leaving acks=1 data to the periodic checkpoint).
     #[arg(long, env = "RINGMQ_FLUSH_INTERVAL_MS")]
@@ -173,6 +178,7 @@ struct FileConfig {
     default_partitions: Option<i32>,
     segment_size_bytes: Option<u64>,
     zero_ahead: Option<bool>,
+    recycle_segments: Option<bool>,
     flush_interval_ms: Option<u64>,
     retention_ms: Option<i64>,
     retention_bytes: Option<i64>,
@@ -203,6 +209,7 @@ pub struct Config {
     pub default_partitions: i32,
     pub segment_size_bytes: u64,
     pub zero_ahead: bool,
+    pub recycle_segments: bool,
     pub flush_interval_ms: Option<u64>,
     /// Segment retention by age and by size, per core (None: keep).
     pub retention_ms: Option<u64>,
@@ -266,6 +273,7 @@ impl Default for Config {
             default_partitions: 1,
             segment_size_bytes: 1 << 30,
             zero_ahead: true,
+            recycle_segments: true,
             flush_interval_ms: Some(DEFAULT_FLUSH_INTERVAL_MS),
             retention_ms: Some(DEFAULT_RETENTION_MS),
             retention_bytes: None,
@@ -334,6 +342,10 @@ impl Config {
                 .or(file.segment_size_bytes)
                 .unwrap_or(d.segment_size_bytes),
             zero_ahead: cli.zero_ahead.or(file.zero_ahead).unwrap_or(d.zero_ahead),
+            recycle_segments: cli
+                .recycle_segments
+                .or(file.recycle_segments)
+                .unwrap_or(d.recycle_segments),
             flush_interval_ms: cli
                 .flush_interval_ms
                 .or(file.flush_interval_ms)

@@ -282,6 +282,7 @@ async fn open_store(config: &Config, id: usize) -> Result<Store, String> {
                 dir,
                 segment_size_bytes: config.segment_size_bytes,
                 zero_ahead: config.zero_ahead,
+                recycle_segments: config.recycle_segments,
                 flush_interval_ms: config.flush_interval_ms,
                 retention_ms: config.retention_ms,
                 retention_bytes: config.retention_bytes,
