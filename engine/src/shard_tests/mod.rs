@@ -407,6 +407,15 @@ fn advancing_the_log_start_hides_older_batches_durably() {
     });
 }
 
+/// 40 batches of 10 KB to queue 1: about six 64 KiB segments.
+async fn fill(s: &Shard) {
+    for _ in 0..40 {
+        s.append(QueueId(1), batch(1, 0, -1, -1, 10_000), Durability::Written)
+            .await
+            .unwrap();
+    }
+}
+
 /// Retention never removes a segment holding a retained batch of a pinned queue, whatever its
 /// size or age limits say, and goes on once that queue's log start has moved past it.
 /// Catches: the broker's internal state (topics, committed offsets) deleted by retention.
@@ -424,20 +433,12 @@ fn retention_keeps_pinned_queues_from_their_log_start() {
         s.append(pinned, batch(1, 0, -1, -1, 100), Durability::Durable)
             .await
             .unwrap();
-        for _ in 0..40 {
-            s.append(QueueId(1), batch(1, 0, -1, -1, 10_000), Durability::Written)
-                .await
-                .unwrap();
-        }
+        fill(&s).await;
         let snapshot = s
             .append(pinned, batch(1, 0, -1, -1, 100), Durability::Durable)
             .await
             .unwrap();
-        for _ in 0..40 {
-            s.append(QueueId(1), batch(1, 0, -1, -1, 10_000), Durability::Written)
-                .await
-                .unwrap();
-        }
+        fill(&s).await;
         s.flush().await.unwrap();
         s.enforce_retention().await.unwrap();
         assert_eq!(
