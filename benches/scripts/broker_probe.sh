@@ -13,12 +13,15 @@
 # directory in it is deleted at the end). After creating the topic the script waits until the
 # broker has zero-filled its active segment (`wait_zero_ahead` in lib.sh; not with
 # `--zero-ahead false` among the broker args, which is how to measure appends into fallocated
-# blocks).
+# blocks). PREFILL (a loadgen duration, e.g. 8s; default none) first produces at the max rate
+# (acks=1) for that long, so that with `--retention-bytes` among the broker args the measured
+# run sees the steady state of a long-running broker (retention removing segments, and the
+# rolls reusing them unless `--recycle-segments false`).
 # Needs: jq, taskset, perf (root).
 set -euo pipefail
 
 [[ $# -ge 4 ]] || {
-    sed -n '2,17p' "$0"
+    sed -n '2,21p' "$0"
     exit 2
 }
 BIN_UNDER_TEST=$1 RATE=$2 ACKS=$3 PARTITIONS=$4
@@ -43,6 +46,11 @@ trap cleanup EXIT
 
 RINGMQ_BIN=$BIN_UNDER_TEST start_broker probe "$OUT_DIR/data" "$@"
 create_topic probe "$PARTITIONS"
+if [[ -n "${PREFILL:-}" ]]; then
+    taskset -c "$LOADGEN_CPU" "$LOADGEN" --bootstrap "127.0.0.1:$PORT" --cores "$LOADGEN_CPU" \
+        --producers 1 --consumers 0 --record-size 1024 --topic probe --rate max --acks 1 \
+        --warmup 0s --duration "$PREFILL" --quiet >"$OUT_DIR/prefill.txt" 2>&1
+fi
 wait_zero_ahead "$OUT_DIR/data" "$@"
 executor=""
 for t in /proc/"$BROKER_PID"/task/*; do

@@ -69,11 +69,21 @@ fn an_ended_executor_leaves_at_most_its_measured_residue() {
             s.close().await.expect("close");
         });
     }
-    let after = descriptors_by_kind();
+    let total = |g: &[(String, i64)]| g.iter().map(|(_, d)| *d).sum::<i64>();
+    // A helper thread of an ended executor (glommio's blocking pool) may still hold its
+    // notifier for a moment on a loaded machine: wait for the count to settle, boundedly. A
+    // leak stays; a late thread exit does not.
+    let settle_until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut after = descriptors_by_kind();
+    while total(&growth(&empty, &after)) > (EXECUTORS * MAX_LEFT_PER_EXECUTOR) as i64
+        && std::time::Instant::now() < settle_until
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        after = descriptors_by_kind();
+    }
     let (g_empty, g_shard) = (growth(&before, &empty), growth(&empty, &after));
     println!("{EXECUTORS} empty executors left: {g_empty:?}");
     println!("{EXECUTORS} executors with a shard left: {g_shard:?}");
-    let total = |g: &[(String, i64)]| g.iter().map(|(_, d)| *d).sum::<i64>();
     for (what, g) in [("empty", &g_empty), ("with a shard", &g_shard)] {
         assert!(
             total(g) <= (EXECUTORS * MAX_LEFT_PER_EXECUTOR) as i64,
