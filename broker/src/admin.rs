@@ -142,9 +142,12 @@ fn plan_create(
     (events, results)
 }
 
+/// Topics a Metadata request names, by name or by id; `None` asks for every topic.
+type WantedTopics = Option<Vec<(Option<String>, [u8; 16])>>;
+
 pub async fn metadata(core: &Rc<Core>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let mut meta = core.meta();
-    let wanted: Option<Vec<(Option<String>, [u8; 16])>> = req.topics.as_ref().map(|ts| {
+    let wanted: WantedTopics = req.topics.as_ref().map(|ts| {
         ts.iter()
             .map(|t| {
                 (
@@ -181,8 +184,24 @@ pub async fn metadata(core: &Rc<Core>, req: MetadataRequest, version: i16) -> Me
             meta = core.meta();
         }
     }
+    metadata_answer(&meta, &req, wanted, &core.advertised)
+}
+
+/// The Metadata response for the `wanted` topics of `meta` (auto-creation already done).
+fn metadata_answer(
+    meta: &Snapshot,
+    req: &MetadataRequest,
+    wanted: WantedTopics,
+    (host, port): &(String, i32),
+) -> MetadataResponse {
+    let topic_operations =
+        authorized_operations(AclResource::Topic, req.include_topic_authorized_operations);
     let topics: Vec<MetadataResponseTopic> = match wanted {
-        None => meta.topics.values().map(|t| topic_entry(t)).collect(),
+        None => meta
+            .topics
+            .values()
+            .map(|t| topic_entry(t).with_topic_authorized_operations(topic_operations))
+            .collect(),
         Some(list) => list
             .into_iter()
             .map(|(name, id)| {
@@ -190,7 +209,7 @@ pub async fn metadata(core: &Rc<Core>, req: MetadataRequest, version: i16) -> Me
                     Some(n) => meta.topic(n),
                     None => meta.topic_by_id(&id),
                 };
-                match found {
+                let entry = match found {
                     Some(t) => topic_entry(t),
                     None => {
                         let code = match &name {
@@ -202,22 +221,24 @@ pub async fn metadata(core: &Rc<Core>, req: MetadataRequest, version: i16) -> Me
                             .with_error_code(code)
                             .with_name(name.map(|n| TopicName(s(&n))))
                             .with_topic_id(uuid::Uuid::from_bytes(id))
-                            .with_topic_authorized_operations(OPERATIONS_OMITTED)
                     }
-                }
+                };
+                entry.with_topic_authorized_operations(topic_operations)
             })
             .collect(),
     };
-    let (host, port) = core.advertised.clone();
     MetadataResponse::default()
         .with_brokers(vec![MetadataResponseBroker::default()
             .with_node_id(BrokerId(NODE_ID))
-            .with_host(s(&host))
-            .with_port(port)])
+            .with_host(s(host))
+            .with_port(*port)])
         .with_cluster_id(Some(s(&meta.cluster_id)))
         .with_controller_id(BrokerId(NODE_ID))
         .with_topics(topics)
-        .with_cluster_authorized_operations(OPERATIONS_OMITTED)
+        .with_cluster_authorized_operations(authorized_operations(
+            AclResource::Cluster,
+            req.include_cluster_authorized_operations,
+        ))
 }
 
 fn topic_entry(t: &TopicMeta) -> MetadataResponseTopic {
@@ -235,7 +256,65 @@ fn topic_entry(t: &TopicMeta) -> MetadataResponseTopic {
         .with_name(Some(TopicName(s(&t.name))))
         .with_topic_id(uuid::Uuid::from_bytes(t.id))
         .with_partitions(partitions)
-        .with_topic_authorized_operations(OPERATIONS_OMITTED)
+}
+
+/// Resource types whose authorized operations a client can ask for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AclResource {
+    Cluster,
+    Topic,
+    Group,
+}
+
+/// Kafka's ACL operation codes (`AclOperation`): bit numbers in an authorized-operations field.
+mod acl_operation {
+    pub const READ: u32 = 3;
+    pub const WRITE: u32 = 4;
+    pub const CREATE: u32 = 5;
+    pub const DELETE: u32 = 6;
+    pub const ALTER: u32 = 7;
+    pub const DESCRIBE: u32 = 8;
+    pub const CLUSTER_ACTION: u32 = 9;
+    pub const DESCRIBE_CONFIGS: u32 = 10;
+    pub const ALTER_CONFIGS: u32 = 11;
+    pub const IDEMPOTENT_WRITE: u32 = 12;
+}
+
+/// The authorized-operations field of a resource: if the client asked for it, every operation
+/// the resource type supports (ringmq has no authorizer, and Kafka without one answers just
+/// that); if not, the "not requested" marker `i32::MIN`.
+///
+/// kafka-python 2.x always asks (Metadata v8+, DescribeGroups v3+) and turns every set bit into
+/// an operation: answering the marker regardless gave it bit 31, no operation at all, and its
+/// admin client failed on every topic listing and group description.
+pub(crate) fn authorized_operations(resource: AclResource, requested: bool) -> i32 {
+    use acl_operation::*;
+    if !requested {
+        return OPERATIONS_OMITTED;
+    }
+    let operations: &[u32] = match resource {
+        AclResource::Cluster => &[
+            CREATE,
+            CLUSTER_ACTION,
+            DESCRIBE_CONFIGS,
+            ALTER_CONFIGS,
+            IDEMPOTENT_WRITE,
+            ALTER,
+            DESCRIBE,
+        ],
+        AclResource::Topic => &[
+            READ,
+            WRITE,
+            CREATE,
+            DESCRIBE,
+            DELETE,
+            ALTER,
+            DESCRIBE_CONFIGS,
+            ALTER_CONFIGS,
+        ],
+        AclResource::Group => &[READ, DESCRIBE, DELETE],
+    };
+    operations.iter().fold(0, |bits, op| bits | 1 << op)
 }
 
 pub async fn create_topics_api(
@@ -605,7 +684,7 @@ fn broker_configs(core: &Core) -> Vec<(String, String, bool)> {
 
 pub fn describe_cluster(
     core: &Rc<Core>,
-    _req: DescribeClusterRequest,
+    req: DescribeClusterRequest,
     _version: i16,
 ) -> DescribeClusterResponse {
     let meta = core.meta();
@@ -617,7 +696,10 @@ pub fn describe_cluster(
             .with_broker_id(BrokerId(NODE_ID))
             .with_host(s(&host))
             .with_port(port)])
-        .with_cluster_authorized_operations(OPERATIONS_OMITTED)
+        .with_cluster_authorized_operations(authorized_operations(
+            AclResource::Cluster,
+            req.include_cluster_authorized_operations,
+        ))
 }
 
 /// InitProducerId: a new producer id (never reused: logged durably on core 0 and started above
@@ -668,5 +750,117 @@ pub async fn init_producer_id(
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::Place;
+    use crate::versions::advertised;
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    /// Every bit a supported operation may use: READ (3) to IDEMPOTENT_WRITE (12).
+    const KNOWN_OPERATION_BITS: i32 = 0b1_1111_1111_1000;
+
+    fn snapshot_with(topic: &str) -> Snapshot {
+        let mut snap = Snapshot::new(1);
+        snap.apply(&MetaEvent::TopicCreated {
+            topic: TopicMeta {
+                name: topic.into(),
+                id: new_topic_id(),
+                partitions: vec![Place { core: 0, queue: 0 }; 3],
+                configs: BTreeMap::new(),
+            },
+        })
+        .unwrap();
+        snap
+    }
+
+    fn request(topics: &[&str], asks_for_operations: bool, version: i16) -> MetadataRequest {
+        let topics = topics
+            .iter()
+            .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(s(t)))))
+            .collect();
+        MetadataRequest::default()
+            .with_topics(Some(topics))
+            .with_include_topic_authorized_operations(asks_for_operations && version >= 8)
+            .with_include_cluster_authorized_operations(
+                asks_for_operations && (8..=10).contains(&version),
+            )
+    }
+
+    /// The answer as a client reads it: encoded and decoded in `version`.
+    fn round_trip(req: &MetadataRequest, snap: &Snapshot, version: i16) -> MetadataResponse {
+        let wanted = req.topics.as_ref().map(|ts| {
+            ts.iter()
+                .map(|t| (t.name.as_ref().map(|n| n.to_string()), [0; 16]))
+                .collect()
+        });
+        let answer = metadata_answer(snap, req, wanted, &("127.0.0.1".into(), 9092));
+        let mut buf = bytes::BytesMut::new();
+        answer
+            .encode(&mut buf, version)
+            .unwrap_or_else(|e| panic!("Metadata v{version} does not encode: {e}"));
+        MetadataResponse::decode(&mut buf.freeze(), version)
+            .unwrap_or_else(|e| panic!("Metadata v{version} does not decode: {e}"))
+    }
+
+    /// Catches the "not requested" marker (i32::MIN, bit 31) answered to a client that asked:
+    /// kafka-python's admin client asks in every Metadata v8 request and failed to decode bit
+    /// 31 as an operation. Asked for, the fields hold known operations only (READ and WRITE on
+    /// topics, existing or not); not asked for, the marker.
+    #[test]
+    fn authorized_operations_are_answered_when_asked_for_and_only_then() {
+        let snap = snapshot_with("known");
+        let asked = round_trip(&request(&["known", "unknown"], true, 8), &snap, 8);
+        let cluster = asked.cluster_authorized_operations;
+        assert!(
+            cluster != 0 && cluster & !KNOWN_OPERATION_BITS == 0,
+            "{cluster:#b}"
+        );
+        assert_eq!(asked.topics.len(), 2);
+        for topic in &asked.topics {
+            let ops = topic.topic_authorized_operations;
+            assert_eq!(ops & !KNOWN_OPERATION_BITS, 0, "{:?}: {ops:#b}", topic.name);
+            let read_write = 1 << acl_operation::READ | 1 << acl_operation::WRITE;
+            assert_eq!(ops & read_write, read_write, "{:?}: {ops:#b}", topic.name);
+        }
+
+        let not_asked = round_trip(&request(&["known", "unknown"], false, 8), &snap, 8);
+        assert_eq!(not_asked.cluster_authorized_operations, OPERATIONS_OMITTED);
+        for topic in &not_asked.topics {
+            assert_eq!(topic.topic_authorized_operations, OPERATIONS_OMITTED);
+        }
+    }
+
+    /// Catches a field set in a version that lacks it (the codec then refuses to encode and the
+    /// connection is closed), for every advertised Metadata version, asked for operations or not.
+    #[test]
+    fn metadata_answers_encode_in_every_advertised_version() {
+        let snap = snapshot_with("known");
+        let (min, max) = advertised(ApiKey::Metadata).expect("Metadata is advertised");
+        for version in min..=max {
+            for asks in [false, true] {
+                let answer = round_trip(
+                    &request(&["known", "unknown"], asks, version),
+                    &snap,
+                    version,
+                );
+                assert_eq!(answer.topics.len(), 2, "v{version}");
+                assert_eq!(answer.topics[0].partitions.len(), 3, "v{version}");
+            }
+        }
+    }
+
+    #[test]
+    fn groups_allow_read_describe_and_delete() {
+        use acl_operation::*;
+        assert_eq!(
+            authorized_operations(AclResource::Group, true),
+            1 << READ | 1 << DESCRIBE | 1 << DELETE
+        );
+        assert_eq!(authorized_operations(AclResource::Group, false), i32::MIN);
     }
 }

@@ -18,11 +18,10 @@ pub const MAX_TIMESTAMP: i64 = -3;
 /// "Earliest local" (tiered storage): the same as earliest here.
 pub const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
 
-pub async fn handle(
-    core: &Rc<Core>,
-    req: ListOffsetsRequest,
-    _version: i16,
-) -> ListOffsetsResponse {
+/// The first ListOffsets version whose partition answer carries `leader_epoch`.
+const LEADER_EPOCH_VERSION: i16 = 4;
+
+pub async fn handle(core: &Rc<Core>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let meta = core.meta();
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in &req.topics {
@@ -40,11 +39,7 @@ pub async fn handle(
                     .call(place.core as usize, move || lookup(queue, ts))
                     .await
                 {
-                    Ok((error, timestamp, offset)) => resp
-                        .with_error_code(error)
-                        .with_timestamp(timestamp)
-                        .with_offset(offset)
-                        .with_leader_epoch(0),
+                    Ok(found) => answer(resp, found, version),
                     Err(_) => resp.with_error_code(errors::NOT_LEADER_OR_FOLLOWER),
                 }
             }
@@ -57,6 +52,26 @@ pub async fn handle(
         );
     }
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// Fills a partition's answer with a lookup's (error, timestamp, offset). The leader epoch
+/// (always 0: one node, never re-elected) exists from v4 on; the codec refuses to encode a
+/// non-default value into an older version, which would close the connection of a client
+/// asking with v1-v3 (librdkafka 2.0.2, the one Debian 12's kcat uses, asks with v2).
+fn answer(
+    resp: ListOffsetsPartitionResponse,
+    (error, timestamp, offset): (i16, i64, i64),
+    version: i16,
+) -> ListOffsetsPartitionResponse {
+    let resp = resp
+        .with_error_code(error)
+        .with_timestamp(timestamp)
+        .with_offset(offset);
+    if version >= LEADER_EPOCH_VERSION {
+        resp.with_leader_epoch(0)
+    } else {
+        resp
+    }
 }
 
 /// Runs on the owning core: (error, timestamp, offset).
@@ -126,4 +141,44 @@ async fn first_record_at(core: &Core, queue: QueueId, base: Offset, ts: i64) -> 
         .iter()
         .find(|r| r.timestamp >= ts)
         .map(|r| (r.offset, r.timestamp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::versions::advertised;
+    use kafka_protocol::messages::ApiKey;
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    /// Catches an answer the codec cannot encode in some advertised version (the connection is
+    /// then closed instead of answered): the leader epoch was set in every version, and kcat
+    /// on librdkafka 2.0.2 (ListOffsets v2) lost its connection on every offset query.
+    #[test]
+    fn a_found_offset_encodes_in_every_advertised_version() {
+        let (min, max) = advertised(ApiKey::ListOffsets).expect("ListOffsets is advertised");
+        for version in min..=max {
+            let partition = answer(
+                ListOffsetsPartitionResponse::default().with_partition_index(2),
+                (errors::NONE, 1_000, 42),
+                version,
+            );
+            let response = ListOffsetsResponse::default().with_topics(vec![
+                ListOffsetsTopicResponse::default().with_partitions(vec![partition]),
+            ]);
+            let mut buf = bytes::BytesMut::new();
+            response
+                .encode(&mut buf, version)
+                .unwrap_or_else(|e| panic!("ListOffsets v{version} does not encode: {e}"));
+            let decoded = ListOffsetsResponse::decode(&mut buf.freeze(), version)
+                .unwrap_or_else(|e| panic!("ListOffsets v{version} does not decode: {e}"));
+            let found = &decoded.topics[0].partitions[0];
+            assert_eq!((found.partition_index, found.offset), (2, 42), "v{version}");
+            let epoch = if version >= LEADER_EPOCH_VERSION {
+                0
+            } else {
+                -1
+            };
+            assert_eq!(found.leader_epoch, epoch, "v{version}");
+        }
+    }
 }

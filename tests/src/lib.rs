@@ -1,4 +1,5 @@
-//! Harness for the system tests: the real `ringmq` binary, real Kafka clients (librdkafka).
+//! Harness for the system tests: the real `ringmq` binary, real Kafka clients (librdkafka linked
+//! in, kcat and kafka-python run as programs).
 //!
 //! - [`broker_binary`] builds `ringmq` once per test process with the same cargo that runs the
 //!   tests, and finds it wherever the target directory is (it asks cargo, so `CARGO_TARGET_DIR`
@@ -10,11 +11,15 @@
 //!   said.
 //! - Client helpers build librdkafka producers, consumers and admin clients pointed at a broker,
 //!   record every delivery report, and read a whole topic back.
+//! - [`run_checked`], [`kafka_python`] and [`run_python_script`] run clients that are separate
+//!   programs (kcat, kafka-python in a virtual environment built once under the target
+//!   directory), each as a child process with a deadline; the scripts live in `tests/interop/`.
 //!
 //! Every wait is on a condition with a deadline ([`wait_until`]); nothing sleeps for correctness.
 
 mod broker;
 mod clients;
+mod external;
 mod proxy;
 
 use std::thread;
@@ -25,6 +30,7 @@ pub use clients::{
     assert_offsets_increase, block_on, by_partition, flush, record, send, DeliveryLog, Record,
     RecordingContext,
 };
+pub use external::{kafka_python, require_program, run_checked, run_python_script, ToolOutput};
 pub use proxy::ResponseDroppingProxy;
 
 /// How long any single condition may take to become true. Generous: the tests must hold on a

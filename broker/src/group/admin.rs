@@ -12,6 +12,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::state::{Group, GroupState, NONE};
 use super::{GroupCoordinator, GroupLog, MAX_GROUP_ID_BYTES};
+use crate::admin::{authorized_operations, AclResource};
 
 const INVALID_REQUEST: i16 = ResponseError::InvalidRequest.code();
 const INVALID_GROUP_ID: i16 = ResponseError::InvalidGroupId.code();
@@ -125,6 +126,9 @@ impl<L: GroupLog> GroupCoordinator<L> {
         version: i16,
     ) -> DescribeGroupsResponse {
         let inner = self.inner.borrow();
+        // Asked for from v3 on; kafka-python asks in every v3 request.
+        let operations =
+            authorized_operations(AclResource::Group, req.include_authorized_operations);
         let groups = req
             .groups
             .iter()
@@ -135,7 +139,7 @@ impl<L: GroupLog> GroupCoordinator<L> {
                         .with_group_id(id.clone())
                         .with_error_code(INVALID_GROUP_ID);
                 }
-                match inner.groups.get(name) {
+                let described = match inner.groups.get(name) {
                     Some(group) => describe(group, version),
                     None => {
                         let mut dead = DescribedGroup::default()
@@ -148,7 +152,8 @@ impl<L: GroupLog> GroupCoordinator<L> {
                         }
                         dead
                     }
-                }
+                };
+                described.with_authorized_operations(operations)
             })
             .collect();
         DescribeGroupsResponse::default().with_groups(groups)

@@ -183,6 +183,36 @@ fn list_and_describe_groups() {
     });
 }
 
+/// Catches the "not requested" marker (i32::MIN, bit 31) answered to a client that asked for
+/// the groups' authorized operations: kafka-python asks in every DescribeGroups v3 request and
+/// failed to decode bit 31 as an operation. Asked for: READ, DESCRIBE and DELETE (bits 3, 8, 6)
+/// for known and unknown groups alike; not asked for: the marker.
+#[test]
+fn described_groups_carry_authorized_operations_when_asked_for() {
+    run(|| async {
+        let h = harness(config(100));
+        stable_group(&h, G, 2).await;
+        let groups = vec![GroupId(s(G)), GroupId(s("nope"))];
+        let asked = DescribeGroupsRequest::default()
+            .with_groups(groups.clone())
+            .with_include_authorized_operations(true);
+        for v in 3..=5 {
+            let d = h.coord.describe_groups(asked.clone(), v);
+            for g in &d.groups {
+                assert_eq!(
+                    g.authorized_operations, 0b1_0100_1000,
+                    "v{v} {:?}",
+                    g.group_id
+                );
+            }
+            d.encode(&mut bytes::BytesMut::new(), v).unwrap();
+        }
+        let not_asked = DescribeGroupsRequest::default().with_groups(groups);
+        let d = h.coord.describe_groups(not_asked, 3);
+        assert!(d.groups.iter().all(|g| g.authorized_operations == i32::MIN));
+    });
+}
+
 #[test]
 fn group_core_is_fnv1a_and_spreads() {
     // FNV-1a 64 test vector: "a" hashes to 0xaf63dc4c8601ec8c.
