@@ -5,8 +5,12 @@
 //! on that thread through [`current`].
 
 use crate::config::Config;
+use crate::group::compact::{COMPACT_RETAINED_SEGMENTS, COMPACT_RETAINED_SNAPSHOT_FACTOR};
 use crate::mesh::{Mesh, Notify};
-use crate::metadata::{decode_events, encode_events, MetaError, MetaEvent, Snapshot, META_QUEUE};
+use crate::metadata::{
+    decode_events, encode_events, MetaError, MetaEvent, Snapshot, META_COMPACT_EVENTS,
+    META_COMPACT_LIVE_FACTOR, META_QUEUE, META_SNAPSHOT_MAX_BYTES,
+};
 use crate::produce::ProducerTable;
 use crate::store::Store;
 use ringmq_engine::{Durability, EngineError, Offset};
@@ -43,8 +47,14 @@ pub struct Core {
     /// Per queue, the end of the appends this process saw resolve (readable data). A queue not
     /// here has had no append since start-up, so the engine's end offset is all readable.
     visible_end: RefCell<std::collections::HashMap<ringmq_engine::QueueId, u64>>,
-    /// Core 0 only: serialises metadata changes.
+    /// Core 0 only: serialises metadata changes and the metadata log's compaction.
     meta_lock: glommio::sync::Semaphore,
+    /// Core 0 only: events in the metadata queue beyond its last snapshot.
+    meta_events_since_snapshot: Cell<u64>,
+    /// Core 0 only: a compaction task is queued or running.
+    meta_compacting: Cell<bool>,
+    /// Core 0 only: bytes of the last metadata snapshot this process wrote.
+    meta_snapshot_bytes: Cell<u64>,
     /// Idempotent producer state per (queue, producer id).
     pub producers: ProducerTable,
     pub stopping: Cell<bool>,
@@ -126,6 +136,9 @@ impl Core {
             appended: Notify::default(),
             visible_end: RefCell::new(std::collections::HashMap::new()),
             meta_lock: glommio::sync::Semaphore::new(1),
+            meta_events_since_snapshot: Cell::new(0),
+            meta_compacting: Cell::new(false),
+            meta_snapshot_bytes: Cell::new(0),
             producers: ProducerTable::default(),
             stopping: Cell::new(false),
             stop: Notify::default(),
@@ -160,12 +173,24 @@ impl Core {
         assert_eq!(self.id, 0, "metadata is loaded by core 0 only");
         let mut snap = Snapshot::new(self.config.cores as u32);
         let mut fresh = true;
+        let mut since_snapshot = 0;
         for batch in read_queue(&self.store, META_QUEUE).await? {
-            for ev in decode_events(&batch)? {
+            let events = decode_events(&batch)?;
+            // A snapshot is a batch of its own: the events after it are what it leaves to replay.
+            if events
+                .iter()
+                .any(|ev| matches!(ev, MetaEvent::SnapshotStart { .. }))
+            {
+                since_snapshot = 0;
+            } else {
+                since_snapshot += events.len() as u64;
+            }
+            for ev in events {
                 fresh = false;
                 snap.apply(&ev)?;
             }
         }
+        self.meta_events_since_snapshot.set(since_snapshot);
         if fresh {
             let init = MetaEvent::Init {
                 cluster_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -196,6 +221,10 @@ impl Core {
             "metadata loaded"
         );
         self.publish(Arc::new(snap)).await;
+        if self.meta_compaction_due() {
+            self.compact_metadata_in_background();
+        }
+        glommio::spawn_local(watch_meta_retention()).detach();
         Ok(())
     }
 
@@ -227,7 +256,87 @@ impl Core {
             .await?;
         let next = Arc::new(next);
         self.publish(next.clone()).await;
+        let since = self.meta_events_since_snapshot.get() + events.len() as u64;
+        self.meta_events_since_snapshot.set(since);
+        if self.meta_compaction_due() {
+            self.compact_metadata_in_background();
+        }
         Ok((next, out))
+    }
+
+    /// Core 0 only: whether the metadata queue holds more than `META_COMPACT_EVENTS` events
+    /// beyond its last snapshot, and more than `META_COMPACT_LIVE_FACTOR` times the events a
+    /// snapshot would write now (so a large state is not rewritten at every change).
+    fn meta_compaction_due(&self) -> bool {
+        let since = self.meta_events_since_snapshot.get();
+        if since <= META_COMPACT_EVENTS {
+            return false;
+        }
+        let meta = self.meta();
+        let live = 1 + meta.topics.len() as u64 + meta.transactional.len() as u64;
+        since > META_COMPACT_LIVE_FACTOR.saturating_mul(live)
+    }
+
+    /// Core 0 only: starts [`Core::compact_metadata`] as its own task unless one is queued or
+    /// running. Off the request's path: the task waits for the current change's lock.
+    fn compact_metadata_in_background(&self) {
+        if self.meta_compacting.replace(true) {
+            return;
+        }
+        glommio::spawn_local(async {
+            let core = current();
+            if let Err(e) = core.compact_metadata().await {
+                tracing::warn!(error = %e, "metadata log not compacted");
+            }
+            core.meta_compacting.set(false);
+        })
+        .detach();
+    }
+
+    /// Core 0 only: whether the metadata queue's first retained batch holds back more of the
+    /// core's commit log from retention than the group logs may (the same limit:
+    /// `COMPACT_RETAINED_SEGMENTS` segments, or twice the last snapshot if that is larger).
+    fn meta_holds_back_retention(&self) -> bool {
+        let limit = COMPACT_RETAINED_SEGMENTS
+            .saturating_mul(self.config.segment_size_bytes)
+            .max(COMPACT_RETAINED_SNAPSHOT_FACTOR.saturating_mul(self.meta_snapshot_bytes.get()));
+        self.store.retained_log_bytes(META_QUEUE) > limit
+    }
+
+    /// Core 0 only: appends a snapshot of the current metadata to the metadata queue and moves
+    /// the queue's log start to it (see the `metadata` module docs). Holds the change lock
+    /// throughout, so the snapshot is exactly the state of every change logged before it.
+    /// Returns the new log start, or `None` when the snapshot is too large to write.
+    pub async fn compact_metadata(&self) -> Result<Option<Offset>, CoreError> {
+        assert_eq!(self.id, 0, "metadata has one writer: core 0");
+        let _guard = self.meta_lock.acquire_permit(1).await.ok();
+        let snap = self.meta();
+        let batch = encode_events(&snap.snapshot_events());
+        let bytes = batch.len();
+        if bytes > META_SNAPSHOT_MAX_BYTES {
+            tracing::warn!(
+                bytes,
+                max = META_SNAPSHOT_MAX_BYTES,
+                "metadata snapshot too large; metadata log not compacted"
+            );
+            self.meta_events_since_snapshot.set(0);
+            return Ok(None);
+        }
+        let appended = self
+            .store
+            .append(META_QUEUE, batch.into(), Durability::Durable)
+            .await?;
+        self.meta_events_since_snapshot.set(0);
+        self.meta_snapshot_bytes.set(bytes as u64);
+        let start = self
+            .store
+            .advance_log_start(META_QUEUE, appended.base_offset)?;
+        tracing::info!(
+            topics = snap.topics.len(),
+            log_start = start.0,
+            "metadata log compacted"
+        );
+        Ok(Some(start))
     }
 
     /// Installs `snap` here and on every other core, waiting for all of them.
@@ -272,6 +381,24 @@ impl Core {
     pub async fn stopped(&self) {
         while !self.stopping.get() {
             self.stop.notified().await;
+        }
+    }
+}
+
+/// How often core 0 checks whether the metadata queue's start holds back retention (changes
+/// are rare, so nothing else would move it while other queues fill the log).
+pub const META_RETENTION_CHECK_MS: u64 = 60_000;
+
+/// Core 0's task: compacts the metadata log whenever its start holds back retention.
+async fn watch_meta_retention() {
+    loop {
+        glommio::timer::sleep(std::time::Duration::from_millis(META_RETENTION_CHECK_MS)).await;
+        let core = current();
+        if core.stopping.get() {
+            return;
+        }
+        if core.meta_holds_back_retention() {
+            core.compact_metadata_in_background();
         }
     }
 }

@@ -8,8 +8,9 @@
 //! - ListGroups asks every core and concatenates; FindCoordinator is answered here (one node).
 //!
 //! [`EngineGroupLog`] is the coordinator's durable log: an internal engine queue per core
-//! ([`GROUP_QUEUE`]), appended with `Durability::Durable` and replayed at start-up before the
-//! core serves any request.
+//! ([`GROUP_QUEUE`]), appended with `Durability::Durable` and replayed from the queue's log
+//! start at start-up before the core serves any request. The coordinator compacts it online
+//! and moves that log start forward (`crate::group::compact`).
 
 use crate::api::{one, ApiError, ConnInfo};
 use crate::core::{current, futures_join_all, read_queue, Core};
@@ -17,7 +18,7 @@ use crate::decode::Request;
 use crate::group::{group_core, GroupConfig, GroupCoordinator, GroupLog, GroupLogError};
 use crate::metadata::GROUP_QUEUE;
 use kafka_protocol::messages::*;
-use ringmq_engine::{Durability, EngineError};
+use ringmq_engine::{Durability, EngineError, Offset};
 use ringmq_wire::fetch::Chunks;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -34,18 +35,33 @@ pub type Coordinator = GroupCoordinator<EngineGroupLog>;
 pub struct EngineGroupLog;
 
 impl GroupLog for EngineGroupLog {
-    async fn append(&self, batch: bytes::Bytes) -> Result<(), GroupLogError> {
+    async fn append(&self, batch: bytes::Bytes) -> Result<u64, GroupLogError> {
         let core = current();
-        match core
-            .store
+        core.store
             .append(GROUP_QUEUE, batch, Durability::Durable)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(EngineError::Poisoned { .. }) => Err(GroupLogError::Poisoned),
-            Err(EngineError::Closed) => Err(GroupLogError::Closed),
-            Err(e) => Err(GroupLogError::Io(std::io::Error::other(e.to_string()))),
-        }
+            .map(|a| a.base_offset.0)
+            .map_err(log_error)
+    }
+
+    fn advance_start(&self, offset: u64) -> Result<u64, GroupLogError> {
+        current()
+            .store
+            .advance_log_start(GROUP_QUEUE, Offset(offset))
+            .map(|start| start.0)
+            .map_err(log_error)
+    }
+
+    fn retained_bytes(&self) -> u64 {
+        current().store.retained_log_bytes(GROUP_QUEUE)
+    }
+}
+
+fn log_error(e: EngineError) -> GroupLogError {
+    match e {
+        EngineError::Poisoned { .. } => GroupLogError::Poisoned,
+        EngineError::Closed => GroupLogError::Closed,
+        e => GroupLogError::Io(std::io::Error::other(e.to_string())),
     }
 }
 
@@ -61,6 +77,8 @@ pub async fn start(core: &Rc<Core>) -> Result<(), String> {
         node_id: crate::admin::NODE_ID,
         host: core.advertised.0.clone(),
         port: core.advertised.1,
+        compact_retained_bytes: crate::group::compact::COMPACT_RETAINED_SEGMENTS
+            .saturating_mul(c.segment_size_bytes),
     };
     let mut coordinator = GroupCoordinator::new(config, EngineGroupLog);
     let batches = read_queue(&core.store, GROUP_QUEUE)

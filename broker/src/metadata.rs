@@ -10,7 +10,21 @@
 //! cannot move a core backwards.
 //!
 //! Queue ids are never reused: a deleted topic's queues stay deleted in the engine, and the
-//! per-core counter is rebuilt from every `TopicCreated`/`PartitionsAdded` ever logged.
+//! per-core counter is rebuilt from every `TopicCreated`/`PartitionsAdded` ever logged, or from
+//! the last [`MetaEvent::SnapshotStart`].
+//!
+//! Compaction: once the queue holds more than [`META_COMPACT_EVENTS`] events beyond its last
+//! snapshot (and [`META_COMPACT_LIVE_FACTOR`] times the snapshot's size), core 0 appends a snapshot — one batch: `SnapshotStart` (cluster id, shards, the
+//! per-core queue-id counters and the next producer id, which history alone rebuilt) followed
+//! by the events that recreate every topic and transactional id — then moves the queue's log
+//! start to that batch. Replay accepts a snapshot anywhere: `SnapshotStart` resets the state, so
+//! `old events + snapshot + later` and `snapshot + later` rebuild the same state, and a crash
+//! between the append and the moved start (or before the engine's checkpoint made the start
+//! durable) only leaves extra events before it. The batch is written under the same lock as
+//! every change, so no change is in flight while it is captured or written. Core 0 also
+//! compacts when the queue's first retained batch holds back more than
+//! `COMPACT_RETAINED_SEGMENTS` segments of its commit log (the queue is pinned: retention
+//! keeps every segment from its start on), checked every `META_RETENTION_CHECK_MS`.
 
 use ringmq_engine::QueueId;
 use ringmq_wire::record_batch::{validate, BatchBuilder, ProducerStamp, Record};
@@ -29,6 +43,19 @@ pub const META_QUEUE: QueueId = QueueId(u32::MAX - 1);
 pub const GROUP_QUEUE: QueueId = QueueId(u32::MAX - 2);
 /// User queue ids stay below this.
 pub const MAX_USER_QUEUE_ID: u32 = u32::MAX - 16;
+/// Events in the metadata queue beyond its last snapshot that make core 0 write a new one.
+/// Changes are rare (topic admin, one `ProducerIdAllocated` per producer start), so a
+/// thousand events replay in milliseconds and a snapshot is written at most every thousand
+/// changes.
+pub const META_COMPACT_EVENTS: u64 = 1000;
+/// ... and more than this many times the events a snapshot writes (one per topic and
+/// transactional id, plus one): each snapshot rewrites the whole state, so a large state is
+/// rewritten at most once per twice its size in changes.
+pub const META_COMPACT_LIVE_FACTOR: u64 = 2;
+/// Largest metadata snapshot batch: half the engine's default batch limit (8 MiB). A state
+/// larger than this (well over 100,000 partitions) is not compacted: the log keeps growing, as
+/// before compaction existed, and a warning says so.
+pub const META_SNAPSHOT_MAX_BYTES: usize = 4 << 20;
 
 /// Where a partition lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +104,14 @@ pub enum MetaEvent {
         id: i64,
         epoch: i16,
         transactional_id: Option<String>,
+    },
+    /// First event of a snapshot batch: forget every topic and transactional id, take these
+    /// counters; the rest of the batch recreates the state (see the module docs).
+    SnapshotStart {
+        cluster_id: String,
+        shards: u32,
+        next_queue: Vec<u32>,
+        next_producer_id: i64,
     },
 }
 
@@ -176,9 +211,61 @@ impl Snapshot {
                     self.transactional.insert(tid.clone(), (*id, *epoch));
                 }
             }
+            MetaEvent::SnapshotStart {
+                cluster_id,
+                shards,
+                next_queue,
+                next_producer_id,
+            } => {
+                if *shards != self.shards {
+                    return Err(MetaError::ShardCount {
+                        stored: *shards,
+                        configured: self.shards,
+                    });
+                }
+                if next_queue.len() != self.shards as usize {
+                    return Err(MetaError::BadRecord(format!(
+                        "snapshot has {} queue counters for {} shards",
+                        next_queue.len(),
+                        self.shards
+                    )));
+                }
+                self.cluster_id = cluster_id.clone();
+                self.topics.clear();
+                self.by_id.clear();
+                self.transactional.clear();
+                self.next_queue = next_queue.clone();
+                self.next_producer_id = *next_producer_id;
+            }
         }
         self.version += 1;
         Ok(())
+    }
+
+    /// The events of a snapshot of this state: replayed from any state with the same shard
+    /// count, they rebuild this one (topics, ids, places, configs, queue-id counters, producer
+    /// ids; `version` aside, which only orders installs within one process).
+    pub fn snapshot_events(&self) -> Vec<MetaEvent> {
+        let mut events = Vec::with_capacity(1 + self.topics.len() + self.transactional.len());
+        events.push(MetaEvent::SnapshotStart {
+            cluster_id: self.cluster_id.clone(),
+            shards: self.shards,
+            next_queue: self.next_queue.clone(),
+            next_producer_id: self.next_producer_id,
+        });
+        events.extend(self.topics.values().map(|t| MetaEvent::TopicCreated {
+            topic: TopicMeta::clone(t),
+        }));
+        let mut transactional: Vec<_> = self.transactional.iter().collect();
+        transactional.sort();
+        events.extend(transactional.into_iter().map(|(tid, (id, epoch))| {
+            MetaEvent::ProducerIdAllocated {
+                id: *id,
+                epoch: *epoch,
+                transactional_id: Some(tid.clone()),
+            }
+        }));
+        events
     }
 
     fn note_places(&mut self, places: &[Place]) -> Result<(), MetaError> {
@@ -434,6 +521,141 @@ mod tests {
                 configured: 2
             })
         ));
+    }
+
+    /// A history with every kind of event: creations, added partitions, a deletion (its queue
+    /// ids must never come back), plain and transactional producer ids.
+    fn history() -> Vec<MetaEvent> {
+        let mut s = Snapshot::new(2);
+        let mut events = Vec::new();
+        let mut push = |s: &mut Snapshot, ev: MetaEvent| {
+            s.apply(&ev).unwrap();
+            events.push(ev);
+        };
+        push(
+            &mut s,
+            MetaEvent::Init {
+                cluster_id: "cluster".into(),
+                shards: 2,
+            },
+        );
+        for name in ["a", "b", "c"] {
+            let places = s.assign(3);
+            push(&mut s, topic(name, places));
+        }
+        let added = s.assign(2);
+        push(
+            &mut s,
+            MetaEvent::PartitionsAdded {
+                name: "b".into(),
+                added,
+            },
+        );
+        push(&mut s, MetaEvent::TopicDeleted { name: "c".into() });
+        for id in 0..5 {
+            push(
+                &mut s,
+                MetaEvent::ProducerIdAllocated {
+                    id,
+                    epoch: 0,
+                    transactional_id: None,
+                },
+            );
+        }
+        push(
+            &mut s,
+            MetaEvent::ProducerIdAllocated {
+                id: 5,
+                epoch: 3,
+                transactional_id: Some("tx".into()),
+            },
+        );
+        events
+    }
+
+    fn replay(events: &[MetaEvent]) -> Snapshot {
+        let mut s = Snapshot::new(2);
+        for ev in events {
+            s.apply(ev).unwrap();
+        }
+        s
+    }
+
+    fn assert_same_state(a: &Snapshot, b: &Snapshot) {
+        assert_eq!(a.cluster_id, b.cluster_id);
+        assert_eq!(a.topics, b.topics, "topics, ids, places, configs");
+        assert_eq!(a.by_id, b.by_id);
+        assert_eq!(a.next_queue, b.next_queue, "queue-id counters");
+        assert_eq!(a.next_producer_id, b.next_producer_id);
+        assert_eq!(a.transactional, b.transactional);
+    }
+
+    #[test]
+    fn a_snapshot_replays_to_the_same_state_alone_or_after_the_old_events() {
+        let history = history();
+        let full = replay(&history);
+        assert_eq!(
+            full.next_queue,
+            vec![6, 5],
+            "c's queues counted though c is gone"
+        );
+        let snapshot = full.snapshot_events();
+        let batch = encode_events(&snapshot);
+        let stored = decode_events(&batch).unwrap();
+        assert_eq!(stored, snapshot);
+        assert_same_state(&replay(&stored), &full);
+        let mut old_then_snapshot = history.clone();
+        old_then_snapshot.extend(stored.iter().cloned());
+        assert_same_state(&replay(&old_then_snapshot), &full);
+        // A snapshot of a replayed snapshot is the same snapshot.
+        assert_eq!(replay(&stored).snapshot_events(), snapshot);
+    }
+
+    #[test]
+    fn after_a_snapshot_new_queue_ids_stay_fresh_and_later_events_apply() {
+        let full = replay(&history());
+        let mut s = replay(&full.snapshot_events());
+        let places = s.assign(2);
+        for p in &places {
+            let used = history().iter().any(|ev| match ev {
+                MetaEvent::TopicCreated { topic } => topic.partitions.contains(p),
+                MetaEvent::PartitionsAdded { added, .. } => added.contains(p),
+                _ => false,
+            });
+            assert!(!used, "queue id {p:?} reused after a snapshot");
+        }
+        s.apply(&topic("d", places)).unwrap();
+        s.apply(&MetaEvent::TopicDeleted { name: "a".into() })
+            .unwrap();
+        assert_eq!(s.topics.keys().collect::<Vec<_>>(), vec!["b", "d"]);
+        s.apply(&MetaEvent::ProducerIdAllocated {
+            id: 6,
+            epoch: 0,
+            transactional_id: None,
+        })
+        .unwrap();
+        assert_eq!(s.next_producer_id, 7);
+    }
+
+    #[test]
+    fn a_snapshot_is_checked_against_the_shard_count() {
+        let full = replay(&history());
+        let mut other = Snapshot::new(3);
+        assert!(matches!(
+            other.apply(&full.snapshot_events()[0]),
+            Err(MetaError::ShardCount {
+                stored: 2,
+                configured: 3
+            })
+        ));
+        let mut s = Snapshot::new(2);
+        let bad = MetaEvent::SnapshotStart {
+            cluster_id: "c".into(),
+            shards: 2,
+            next_queue: vec![1],
+            next_producer_id: 0,
+        };
+        assert!(matches!(s.apply(&bad), Err(MetaError::BadRecord(_))));
     }
 
     #[test]

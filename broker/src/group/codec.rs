@@ -16,6 +16,9 @@
 //!  tombstone     := any key with a null value: the key is deleted
 //! ```
 //!
+//! A compaction snapshot (`compact`) is made of these same records, one per live key, so
+//! replay needs no special case; an empty snapshot is the tombstone of the empty group id.
+//!
 //! Replay applies records in log order; a later record for a key replaces an earlier one. A key
 //! type or value version this build does not know is an error, never skipped: skipping could
 //! resurrect an offset a newer build deleted. New versions get new numbers; old ones stay

@@ -51,7 +51,7 @@ enum SyncStep {
     /// Make the group record durable, then finish generation `generation`.
     Persist {
         batch: Bytes,
-        generation: i32,
+        record: GroupValue,
         rx: LocalReceiver<SyncOutcome>,
     },
 }
@@ -96,14 +96,14 @@ impl<L: GroupLog> GroupCoordinator<L> {
         let outcome = match self.sync_now(&req) {
             SyncStep::Done(outcome) => outcome,
             SyncStep::Wait(rx) => wait_sync(rx).await,
-            SyncStep::Persist {
-                batch,
-                generation,
-                rx,
-            } => {
-                let stored = self.log.append(batch).await;
-                if let Err(e) = &stored {
-                    tracing::warn!(group = %req.group_id.as_str(), error = %e, "group record not stored");
+            SyncStep::Persist { batch, record, rx } => {
+                let generation = record.generation;
+                let stored = self.append(batch, 1).await;
+                match &stored {
+                    Ok(_) => self.note_group_stored(req.group_id.as_str(), record),
+                    Err(e) => {
+                        tracing::warn!(group = %req.group_id.as_str(), error = %e, "group record not stored")
+                    }
                 }
                 self.finish_sync(req.group_id.as_str(), generation, stored.is_ok());
                 wait_sync(rx).await
@@ -442,17 +442,21 @@ impl<L: GroupLog> GroupCoordinator<L> {
                 )],
                 now as i64,
             );
-            return SyncStep::Persist {
-                batch,
-                generation: group.generation,
-                rx,
-            };
+            return SyncStep::Persist { batch, record, rx };
         }
         let (tx, rx) = local_channel::new_bounded(1);
         if let Some(m) = group.members.get_mut(member_id) {
             m.sync_tx = Some(tx);
         }
         SyncStep::Wait(rx)
+    }
+
+    /// The leader's group record is durable: a replay now rebuilds the group from it, so a
+    /// compaction must write it (not the in-memory generation, which may run ahead).
+    fn note_group_stored(&self, group_id: &str, record: GroupValue) {
+        if let Some(group) = self.inner.borrow_mut().groups.get_mut(group_id) {
+            group.stored = Some(record);
+        }
     }
 
     /// The group record of `generation` is durable (or failed): hand out the assignment, or

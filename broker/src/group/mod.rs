@@ -11,7 +11,8 @@
 //!
 //! Files: [`state`] is the state machine of one group (pure, clock passed in); `membership`,
 //! `offsets` and `admin` are the request handlers; [`codec`] is the durable record layout;
-//! `timers` drives session and rebalance deadlines; [`clock`] is the time seam.
+//! `timers` drives session and rebalance deadlines (and triggers [`compact`]ion); [`clock`] is
+//! the time seam.
 //!
 //! # Durability contract
 //!
@@ -27,9 +28,14 @@
 //!   same key and a null value. [`GroupCoordinator::replay`] applies records in log order, later
 //!   records win, tombstones delete; so replaying the whole log rebuilds exactly the acknowledged
 //!   state. The record layout is documented in [`codec`].
+//! - The log is compacted online ([`compact`]): a snapshot of every live key is appended behind
+//!   a gate that keeps it from overtaking any write, and the log start moves to it once it is
+//!   durable. Replay is unchanged: the old records followed by the snapshot, or the snapshot
+//!   alone, rebuild the same state.
 
 pub mod clock;
 pub mod codec;
+pub mod compact;
 pub mod state;
 
 mod admin;
@@ -47,8 +53,10 @@ use std::rc::Rc;
 use thiserror::Error;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use compact::Compaction;
 pub use state::GroupState;
 
+use compact::{Gate, Progress};
 use ringmq_wire::record_batch::BatchError;
 use ringmq_wire::records::RecordError;
 use state::Group;
@@ -101,6 +109,10 @@ pub struct GroupConfig {
     pub node_id: i32,
     pub host: String,
     pub port: i32,
+    /// Compact once the log's first retained batch holds back more than this many bytes of
+    /// the shared commit log ([`GroupLog::retained_bytes`]; see [`compact`]). `u64::MAX`: only
+    /// the record count triggers compaction.
+    pub compact_retained_bytes: u64,
 }
 
 impl Default for GroupConfig {
@@ -114,6 +126,7 @@ impl Default for GroupConfig {
             node_id: 0,
             host: "127.0.0.1".to_string(),
             port: 9092,
+            compact_retained_bytes: u64::MAX,
         }
     }
 }
@@ -126,6 +139,8 @@ pub enum GroupLogError {
     Poisoned,
     #[error("group log is closed (shutting down)")]
     Closed,
+    #[error("group log write waited too long for a compaction to finish")]
+    Compacting,
     #[error("group log append failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -137,8 +152,20 @@ pub enum GroupLogError {
 // never needs it.
 #[allow(async_fn_in_trait)]
 pub trait GroupLog {
-    /// Appends one record batch (built by this module); resolves once durable.
-    async fn append(&self, batch: bytes::Bytes) -> Result<(), GroupLogError>;
+    /// Appends one record batch (built by this module); resolves once durable, with the
+    /// offset the log gave the batch's first record.
+    async fn append(&self, batch: bytes::Bytes) -> Result<u64, GroupLogError>;
+
+    /// Moves the log's start forward to `offset` (a batch base offset this log returned): a
+    /// later replay starts there. Never moves it backwards or past the end. It may become
+    /// durable later than it returns; a replay that still starts below it is correct too (see
+    /// [`compact`]). Returns the new start.
+    fn advance_start(&self, offset: u64) -> Result<u64, GroupLogError>;
+
+    /// Bytes of storage the log's first retained batch holds back from retention (the engine
+    /// shares one commit log per core among all its queues, and retention removes only whole
+    /// segments past every pinned queue's start); 0 where storage is not positional.
+    fn retained_bytes(&self) -> u64;
 }
 
 /// Why a stored batch could not be replayed.
@@ -181,6 +208,8 @@ pub struct GroupCoordinator<L> {
     wake: Rc<Notify>,
     /// The instant (clock ms) the timer driver will wake at; `u64::MAX` when not started.
     armed_at_ms: Cell<u64>,
+    /// Orders log writes against compaction.
+    gate: Gate,
 }
 
 /// The mutable part of the coordinator.
@@ -194,6 +223,8 @@ struct Inner {
     /// Random per-process salt for member ids, so ids do not repeat across restarts.
     id_salt: u64,
     next_retention_check_ms: u64,
+    /// When the log is next compacted.
+    compaction: Progress,
 }
 
 impl<L: GroupLog> GroupCoordinator<L> {
@@ -217,9 +248,11 @@ impl<L: GroupLog> GroupCoordinator<L> {
                 write_seq: 0,
                 id_salt,
                 next_retention_check_ms: now + OFFSETS_RETENTION_CHECK_INTERVAL_MS,
+                compaction: Progress::new(now),
             }),
             wake: Rc::new(Notify::default()),
             armed_at_ms: Cell::new(u64::MAX),
+            gate: Gate::default(),
         }
     }
 
@@ -246,6 +279,7 @@ impl<L: GroupLog> GroupCoordinator<L> {
                     source,
                 })?;
             inner.write_seq += 1;
+            inner.compaction.records_since += 1;
             inner.apply_replayed(decoded, now, self.config.group_initial_rebalance_delay_ms);
         }
         Ok(())

@@ -115,11 +115,10 @@ impl<L: GroupLog> GroupCoordinator<L> {
         if !records.is_empty() {
             let seq = self.next_write_seq();
             let stored = self
-                .log
-                .append(codec::build_batch(&records, now as i64))
+                .append(codec::build_batch(&records, now as i64), records.len())
                 .await;
             match stored {
-                Ok(()) => self.apply_commits(req.group_id.as_str(), accepted, seq),
+                Ok(_) => self.apply_commits(req.group_id.as_str(), accepted, seq),
                 Err(e) => {
                     tracing::warn!(group = %req.group_id.as_str(), error = %e, "offset commit not stored");
                     for code in codes.iter_mut().flatten().filter(|c| **c == NONE) {
@@ -262,8 +261,7 @@ impl<L: GroupLog> GroupCoordinator<L> {
         }
         let records: Vec<_> = idle.iter().map(|id| (codec::group_key(id), None)).collect();
         if let Err(e) = self
-            .log
-            .append(codec::build_batch(&records, now as i64))
+            .append(codec::build_batch(&records, now as i64), records.len())
             .await
         {
             tracing::warn!(error = %e, "group tombstones not stored; groups kept");
@@ -302,8 +300,7 @@ impl<L: GroupLog> GroupCoordinator<L> {
             .collect();
         records.push((codec::group_key(group_id), None));
         if let Err(e) = self
-            .log
-            .append(codec::build_batch(&records, now as i64))
+            .append(codec::build_batch(&records, now as i64), records.len())
             .await
         {
             tracing::warn!(group = %group_id, error = %e, "group deletion not stored");
@@ -338,8 +335,7 @@ impl<L: GroupLog> GroupCoordinator<L> {
             .collect();
         let seq = self.next_write_seq();
         let stored = self
-            .log
-            .append(codec::build_batch(&records, now as i64))
+            .append(codec::build_batch(&records, now as i64), records.len())
             .await;
         if let Err(e) = &stored {
             tracing::warn!(reason = why, error = %e, "offset tombstones not stored");
@@ -508,7 +504,8 @@ impl Inner {
                     .entry(group.clone())
                     .or_insert_with(|| Group::new(&group, now, initial_delay_ms));
                 g.generation = v.generation;
-                g.protocol_type = Some(v.protocol_type);
+                g.protocol_type = Some(v.protocol_type.clone());
+                g.stored = Some(v);
             }
             GroupRecord::Group { group, value: None } => {
                 if self

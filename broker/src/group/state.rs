@@ -21,6 +21,8 @@ use bytes::Bytes;
 use glommio::channels::local_channel::LocalSender;
 use kafka_protocol::error::ResponseError;
 
+use super::codec::GroupValue;
+
 /// The states of a classic group, named as Kafka names them on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
@@ -185,6 +187,10 @@ pub(crate) struct Group {
     /// The leader's assignment of this generation while it is being made durable.
     pub persisting: Option<(i32, HashMap<String, Bytes>)>,
     pub offsets: BTreeMap<String, BTreeMap<i32, CommittedOffset>>,
+    /// The group record a replay of the log rebuilds this group from: the last one made
+    /// durable (replayed, or written by a leader's SyncGroup). `generation` runs ahead of it
+    /// between a join phase and its SyncGroup; compaction writes this one, never `generation`.
+    pub stored: Option<GroupValue>,
     /// When the group last became Empty (offset retention counts from here).
     pub empty_since_ms: u64,
     /// Earliest deadline of this group queued in the coordinator's timer heap.
@@ -212,6 +218,7 @@ impl Group {
             sync_deadline_ms: None,
             persisting: None,
             offsets: BTreeMap::new(),
+            stored: None,
             empty_since_ms: now_ms,
             timer_at_ms: None,
             next_join_seq: 0,

@@ -1,4 +1,6 @@
-//! Deadlines: session expiry, join and sync timeouts, pending member ids, offset retention.
+//! Deadlines: session expiry, join and sync timeouts, pending member ids, offset retention;
+//! and the group log's compaction, which the driver runs when an append wakes it past the
+//! threshold (never on a request's path).
 //!
 //! Each group keeps its own deadlines; the coordinator keeps a min-heap of (deadline, group)
 //! with lazy invalidation: an entry whose deadline no longer matches the group's
@@ -118,15 +120,19 @@ impl<L: GroupLog> GroupCoordinator<L> {
         }
     }
 
-    /// When the driver must next run: the earliest group deadline or the retention sweep.
+    /// When the driver must next run: the earliest group deadline, the retention sweep or the
+    /// compaction check.
     fn next_wake_ms(&self) -> u64 {
-        let inner = self.inner.borrow();
-        inner
-            .timers
-            .next_ms()
-            .map_or(inner.next_retention_check_ms, |at| {
-                at.min(inner.next_retention_check_ms)
-            })
+        let sweep = {
+            let inner = self.inner.borrow();
+            inner
+                .timers
+                .next_ms()
+                .map_or(inner.next_retention_check_ms, |at| {
+                    at.min(inner.next_retention_check_ms)
+                })
+        };
+        sweep.min(self.next_compaction_check_ms())
     }
 
     /// Whether the offset-retention sweep is due; if so, books the next one.
@@ -163,6 +169,10 @@ pub(crate) async fn drive<L: GroupLog>(coordinator: Weak<GroupCoordinator<L>>) {
             c.tick();
             if c.retention_due() {
                 c.expire_offsets().await;
+            }
+            if c.compaction_due() {
+                // A failure is logged and retried later by `compact` itself.
+                let _ = c.compact().await;
             }
             let now = c.clock.now_ms();
             let at = c.next_wake_ms().max(now);

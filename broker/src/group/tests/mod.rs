@@ -1,6 +1,7 @@
 //! Flow tests of the coordinator: real glommio executor, in-memory group log, manual clock.
 //! Tests wait on conditions (a member is awaiting, a task finished), never on wall time.
 
+mod compact;
 mod measure;
 mod membership;
 mod offsets;
@@ -27,8 +28,8 @@ pub(super) const SESSION_MS: i32 = 10_000;
 pub(super) const REBALANCE_MS: i32 = 30_000;
 pub(super) const T0: u64 = 1_700_000_000_000;
 
-/// In-memory group log: keeps every appended batch; can be told to fail, or to hold appends
-/// until released (to observe what happens before an append is durable).
+/// In-memory group log: keeps every appended batch from its log start; can be told to fail,
+/// or to hold appends until released (to observe what happens before an append is durable).
 #[derive(Default, Clone)]
 pub(super) struct MemLog {
     pub batches: Rc<RefCell<Vec<Bytes>>>,
@@ -36,10 +37,17 @@ pub(super) struct MemLog {
     pub held: Rc<Cell<bool>>,
     pub release: Rc<Notify>,
     pub waiting: Rc<Cell<usize>>,
+    /// The next this many appends take their place in the log at once but resolve only when
+    /// released (as the engine orders a batch when appended and acknowledges it once durable).
+    pub hold_after_push: Rc<Cell<usize>>,
+    /// Offset of `batches[0]`: batches are numbered, one offset each, from the log start.
+    pub start: Rc<Cell<u64>>,
+    /// What `retained_bytes` answers (set by tests).
+    pub retained: Rc<Cell<u64>>,
 }
 
 impl GroupLog for MemLog {
-    async fn append(&self, batch: Bytes) -> Result<(), GroupLogError> {
+    async fn append(&self, batch: Bytes) -> Result<u64, GroupLogError> {
         while self.held.get() {
             self.waiting.set(self.waiting.get() + 1);
             self.release.notified().await;
@@ -48,8 +56,32 @@ impl GroupLog for MemLog {
         if self.fail.get() {
             return Err(GroupLogError::Poisoned);
         }
-        self.batches.borrow_mut().push(batch);
-        Ok(())
+        let offset = {
+            let mut batches = self.batches.borrow_mut();
+            batches.push(batch);
+            self.start.get() + batches.len() as u64 - 1
+        };
+        if self.hold_after_push.get() > 0 {
+            self.hold_after_push.set(self.hold_after_push.get() - 1);
+            self.waiting.set(self.waiting.get() + 1);
+            self.release.notified().await;
+            self.waiting.set(self.waiting.get() - 1);
+        }
+        Ok(offset)
+    }
+
+    /// Drops the batches below `offset` (each batch is one offset here).
+    fn advance_start(&self, offset: u64) -> Result<u64, GroupLogError> {
+        let start = self.start.get();
+        let end = start + self.batches.borrow().len() as u64;
+        let to = offset.clamp(start, end);
+        self.batches.borrow_mut().drain(..(to - start) as usize);
+        self.start.set(to);
+        Ok(to)
+    }
+
+    fn retained_bytes(&self) -> u64 {
+        self.retained.get()
     }
 }
 
@@ -71,6 +103,7 @@ pub(super) fn config(initial_delay_ms: u64) -> GroupConfig {
         node_id: 1,
         host: "broker.test".into(),
         port: 9092,
+        compact_retained_bytes: 1 << 20,
     }
 }
 

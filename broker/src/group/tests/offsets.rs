@@ -18,7 +18,7 @@ fn exists(topic: &str, partition: i32) -> bool {
     topic != "missing" && (0..4).contains(&partition)
 }
 
-fn commit_req(
+pub(super) fn commit_req(
     group: &str,
     member: &str,
     generation: i32,
@@ -47,7 +47,7 @@ fn commit_req(
         .with_topics(topics)
 }
 
-async fn commit(c: &Coord, req: OffsetCommitRequest, version: i16) -> Vec<i16> {
+pub(super) async fn commit(c: &Coord, req: OffsetCommitRequest, version: i16) -> Vec<i16> {
     let resp = c.offset_commit(req, version, &exists).await;
     resp.topics
         .iter()
@@ -56,7 +56,12 @@ async fn commit(c: &Coord, req: OffsetCommitRequest, version: i16) -> Vec<i16> {
 }
 
 /// OffsetFetch v7 of one topic's partitions: (offset, leader epoch, metadata) per partition.
-fn fetch(c: &Coord, group: &str, topic: &str, partitions: &[i32]) -> Vec<(i64, i32, String)> {
+pub(super) fn fetch(
+    c: &Coord,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> Vec<(i64, i32, String)> {
     let req = OffsetFetchRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_topics(Some(vec![OffsetFetchRequestTopic::default()
