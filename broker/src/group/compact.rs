@@ -98,8 +98,9 @@ pub const COMPACT_RETAINED_SEGMENTS: u64 = 2;
 /// the segments cannot make every check compact again.
 pub const COMPACT_RETAINED_SNAPSHOT_FACTOR: u64 = 2;
 /// How often the driver compares the retained bytes with the limit: other queues' appends move
-/// the head, and nothing wakes the driver for them.
-pub const COMPACTION_CHECK_INTERVAL_MS: u64 = 60_000;
+/// the head, and nothing wakes the driver for them. The comparison is two numbers; between two
+/// checks retention waits on at most a second of the core's traffic.
+pub const COMPACTION_CHECK_INTERVAL_MS: u64 = 1_000;
 
 /// Bytes a record adds to a batch beyond its key and value (length, attributes, deltas,
 /// header count: varints of at most 5 bytes each, rounded up).
