@@ -5,8 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::Client;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use common::{create_topic, name, Client};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -44,15 +43,12 @@ impl Broker {
         // RINGMQ_BIN: another build of the broker (a release build for the measurement).
         let binary =
             std::env::var("RINGMQ_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringmq").into());
-        let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
+        let mut command = Command::new(binary);
+        command
             .args(["--cores", "1", "--segment-size-bytes", "16777216"])
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringmq");
+            .stderr(Stdio::piped());
+        let mut child = common::spawn(command, dir);
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = lines.clone();
@@ -61,16 +57,7 @@ impl Broker {
                 sink.lock().unwrap().push(without_ansi(&line));
             }
         });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("ringmq listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = common::listening_addr(&mut child);
         Broker { child, addr, lines }
     }
 
@@ -107,19 +94,6 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_owned()))
-}
-
-fn create_topic(c: &mut Client, topic: &str, partitions: i32) {
-    let req = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
-        .with_name(name(topic))
-        .with_num_partitions(partitions)
-        .with_replication_factor(1)]);
-    let resp: CreateTopicsResponse = c.call(7, &req);
-    assert_eq!(resp.topics[0].error_code, 0, "create {topic}");
 }
 
 fn produce(c: &mut Client, topic: &str, records: usize) -> (i16, i64) {

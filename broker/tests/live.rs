@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Broker, Client};
+use common::{create_topic, name, Broker, Client};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -13,10 +13,6 @@ use kafka_protocol::protocol::StrBytes;
 use ringmq_wire::record_batch::{validate, BatchBuilder, ProducerStamp, Record};
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_owned()))
-}
 
 fn batch(n: usize, stamp: ProducerStamp) -> Vec<u8> {
     let mut b = BatchBuilder::new(1024);
@@ -30,19 +26,6 @@ fn batch(n: usize, stamp: ProducerStamp) -> Vec<u8> {
         });
     }
     b.build(stamp, 0)
-}
-
-fn create_topic(c: &mut Client, topic: &str, partitions: i32) {
-    let req = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
-        .with_name(name(topic))
-        .with_num_partitions(partitions)
-        .with_replication_factor(1)]);
-    let resp: CreateTopicsResponse = c.call(7, &req);
-    assert_eq!(
-        resp.topics[0].error_code, 0,
-        "{:?}",
-        resp.topics[0].error_message
-    );
 }
 
 fn produce_req(topic: &str, partition: i32, records: Vec<u8>, acks: i16) -> ProduceRequest {

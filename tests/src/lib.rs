@@ -22,8 +22,23 @@ mod clients;
 mod external;
 mod proxy;
 
+use std::os::unix::process::CommandExt;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Makes the kernel kill the program `command` starts if the test thread that started it dies
+/// first (a panicking test leaves no broker or client behind).
+pub(crate) fn dies_with_its_parent(command: &mut std::process::Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 pub use broker::{broker_binary, Broker, BrokerOptions, ADVERTISED_PORT_FLAG};
 pub use clients::{

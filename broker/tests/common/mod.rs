@@ -4,7 +4,9 @@
 pub mod backlog;
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Request};
 use ringmq_wire::frame::{decode_response_header, encode_request};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,9 +31,8 @@ impl Broker {
     }
 
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+        command
             .args([
                 "--segment-size-bytes",
                 "16777216",
@@ -39,20 +40,9 @@ impl Broker {
                 "0",
             ])
             .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ringmq");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("ringmq listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+            .stderr(Stdio::inherit());
+        let mut child = spawn(command, dir.path());
+        let addr = listening_addr(&mut child);
         Broker { child, addr, dir }
     }
 
@@ -72,6 +62,47 @@ impl Broker {
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+}
+
+/// Starts `command` (a `ringmq` with its own arguments and stderr) listening on a free port
+/// with its data in `dir`; [`listening_addr`] then waits for its address.
+pub fn spawn(mut command: Command, dir: &std::path::Path) -> Child {
+    command
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn ringmq")
+}
+
+/// Waits for the "listening" line a broker started by [`spawn`] prints first.
+pub fn listening_addr(child: &mut Child) -> SocketAddr {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("ringmq listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+pub fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+pub fn create_topic(c: &mut Client, topic: &str, partitions: i32) {
+    let req = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+        .with_name(name(topic))
+        .with_num_partitions(partitions)
+        .with_replication_factor(1)]);
+    let resp: CreateTopicsResponse = c.call(7, &req);
+    assert_eq!(
+        resp.topics[0].error_code, 0,
+        "create {topic}: {:?}",
+        resp.topics[0].error_message
+    );
 }
 
 impl Drop for Broker {
