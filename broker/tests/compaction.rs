@@ -5,8 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{create_topic, name, Client};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use common::{create_topic, fetch_req, name, Client};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -121,18 +120,7 @@ fn produce(c: &mut Client, topic: &str, records: usize) -> (i16, i64) {
 
 /// (error, high watermark) of partition 0 of `topic`, fetched from offset 0.
 fn fetch(c: &mut Client, topic: &str) -> (i16, i64) {
-    let req = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(name(topic))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1 << 20)])]);
-    let resp: FetchResponse = c.call(11, &req);
+    let resp: FetchResponse = c.call(11, &fetch_req(topic, 0, 0, 0));
     let p = &resp.responses[0].partitions[0];
     (p.error_code, p.high_watermark)
 }

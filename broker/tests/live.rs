@@ -3,9 +3,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{create_topic, name, Broker, Client};
+use common::{create_topic, fetch_req, name, Broker, Client};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
@@ -44,20 +43,6 @@ fn produce(c: &mut Client, topic: &str, partition: i32, records: Vec<u8>, acks: 
     let resp: ProduceResponse = c.call(9, &produce_req(topic, partition, records, acks));
     let p = &resp.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
-}
-
-fn fetch_req(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
-    FetchRequest::default()
-        .with_max_wait_ms(max_wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(name(topic))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(partition)
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(1 << 20)])])
 }
 
 /// Base offsets of the batches returned for one partition, with its error and high watermark.

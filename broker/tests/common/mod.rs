@@ -5,7 +5,10 @@ pub mod backlog;
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse, TopicName};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Request};
 use ringmq_wire::frame::{decode_response_header, encode_request};
@@ -90,6 +93,21 @@ pub fn listening_addr(child: &mut Child) -> SocketAddr {
 
 pub fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+/// A fetch of one partition from `offset`, up to 1 MiB.
+pub fn fetch_req(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
 }
 
 pub fn create_topic(c: &mut Client, topic: &str, partitions: i32) {
