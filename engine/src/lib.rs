@@ -16,7 +16,7 @@
 //! Layout: [`format`](mod@format) (pure on-disk encodings, see `engine/FORMAT.md`), [`io`] (the storage
 //! seam: glommio DMA files or an in-memory fault-injecting double), `log` (segments, appender,
 //! reader, recovery, retention, segment roll/preparation, zero-fill ahead of the head while the
-//! log is quiet), `index` (per-queue index), `commit`
+//! log is quiet, recycling of the segments retention removes), `index` (per-queue index), `commit`
 //! (group commit), `checkpoint`, `cache` (tail cache), `producers` (idempotent-producer
 //! table), `shard` (the owner of it all).
 //!
