@@ -123,6 +123,10 @@ fn plan_create(
             ));
             continue;
         }
+        if let Err(msg) = crate::topic_retention::topic_limits(&spec.configs) {
+            results.push(refuse(errors::INVALID_CONFIG, msg));
+            continue;
+        }
         let topic = TopicMeta {
             name: spec.name.clone(),
             id: new_topic_id(),

@@ -33,4 +33,5 @@ pub mod send_zc;
 pub mod sendfile;
 pub mod server;
 pub mod store;
+pub mod topic_retention;
 pub mod versions;

@@ -253,6 +253,7 @@ async fn run_core(
     }
     core.wait_for_metadata().await;
     glommio::spawn_local(watch_shutdown(core.clone())).detach();
+    glommio::spawn_local(crate::topic_retention::run(core.clone())).detach();
     let _ = ready.send(Ok(id));
     tracing::info!(core = id, "core serving");
     accept_loop(&core, listener).await;

@@ -77,6 +77,20 @@ impl Store {
         }
     }
 
+    /// Applies a topic's own retention to one of its partitions (`Shard::expire`); returns the
+    /// new log start.
+    pub fn expire(
+        &self,
+        q: QueueId,
+        keep_from_ms: Option<i64>,
+        keep_bytes: Option<u64>,
+    ) -> Result<Offset, EngineError> {
+        match self {
+            Store::Engine(s) => s.expire(q, keep_from_ms, keep_bytes),
+            Store::Memory(m) => m.expire(q, keep_from_ms, keep_bytes),
+        }
+    }
+
     /// Bytes of log from the queue's first retained batch to the head (`Shard::retained_log_bytes`;
     /// 0 in memory, where nothing is retained by position).
     pub fn retained_log_bytes(&self, q: QueueId) -> u64 {
@@ -221,6 +235,44 @@ impl MemStore {
             last_offset: Offset(last),
             log_append_time_ms: now_ms(),
         })
+    }
+
+    /// The engine's rule (`QueueIndex::retained_start`) over the batches as sent.
+    fn expire(
+        &self,
+        q: QueueId,
+        keep_from_ms: Option<i64>,
+        keep_bytes: Option<u64>,
+    ) -> Result<Offset, EngineError> {
+        let target = self.queue(q, |mq| {
+            let mut start = mq.start;
+            if let Some(t) = keep_from_ms {
+                // Past every batch before the first whose timestamps reach `t`, or all of them.
+                let mut reached = false;
+                for b in &mq.batches {
+                    if b.max_ts >= t {
+                        reached = true;
+                        break;
+                    }
+                    start = start.max(b.base + b.records);
+                }
+                if !reached {
+                    start = start.max(mq.end);
+                }
+            }
+            if let Some(max) = keep_bytes {
+                let mut kept = 0u64;
+                for (i, b) in mq.batches.iter().enumerate().rev() {
+                    kept += b.sent.len() as u64;
+                    if kept > max && i + 1 < mq.batches.len() {
+                        start = start.max(b.base + b.records);
+                        break;
+                    }
+                }
+            }
+            start
+        });
+        self.advance_log_start(q, Offset(target))
     }
 
     fn advance_log_start(&self, q: QueueId, offset: Offset) -> Result<Offset, EngineError> {

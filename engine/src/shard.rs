@@ -342,6 +342,27 @@ impl Shard {
         }
     }
 
+    /// Applies a retention of its own to `queue` (a topic's `retention.ms` / `retention.bytes`,
+    /// on top of the shard's segment retention): advances its log start past the readable
+    /// batches whose timestamps are all older than `keep_from_ms`, and past the oldest ones
+    /// until at most `keep_bytes` of entries remain (the newest batch always stays). Returns the
+    /// new start. The bytes go when the shard's retention removes their segments; durability of
+    /// the start as for [`Shard::advance_log_start`].
+    pub fn expire(
+        &self,
+        queue: QueueId,
+        keep_from_ms: Option<i64>,
+        keep_bytes: Option<u64>,
+    ) -> Result<Offset, EngineError> {
+        let target = self.with_readable(queue, |q, visible| {
+            Some(q.retained_start(visible, keep_from_ms, keep_bytes))
+        })?;
+        match target {
+            Some(t) => self.advance_log_start(queue, Offset(t)),
+            None => Ok(Offset(0)),
+        }
+    }
+
     /// How many bytes of log lie from `queue`'s first retained batch to the head (0 when it
     /// has none): what that queue holds back from retention if it is pinned
     /// (`ShardConfig::pinned_queues`), so that its owner knows when to compact it.

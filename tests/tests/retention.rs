@@ -3,10 +3,14 @@
 //! own state kept in the same log — the topics, the committed group offsets — was written in
 //! those segments and survives both the retention (compacted forward) and a kill -9.
 
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::BaseRecord;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use ringmq_system_tests::{flush, send, Broker, BrokerOptions, DeliveryLog, DEADLINE};
+use ringmq_system_tests::{
+    block_on, flush, send, wait_until, Broker, BrokerOptions, DeliveryLog, DEADLINE,
+};
 
 /// As small as the broker allows (its largest batch, 8 MiB, plus two blocks).
 const SEGMENT_BYTES: u64 = 9 << 20;
@@ -106,4 +110,58 @@ fn retention_removes_old_segments_and_keeps_topics_and_group_offsets() {
     // core, not per partition); its offsets go on from where they were.
     assert_eq!(watermarks(&broker, "kept"), (1, 1));
     assert_eq!(committed(&broker, "keeper", "kept"), Offset::Offset(1));
+}
+
+/// A topic's own `retention.ms` hides its partitions' records older than that (whole batches),
+/// while another topic on the same core keeps everything; an invalid value is refused at
+/// creation. Catches: topic configs stored and reported but not enforced.
+#[test]
+fn a_topics_retention_ms_moves_its_earliest_offset() {
+    let broker = Broker::start();
+    let admin = broker.admin();
+    let options = AdminOptions::new().operation_timeout(Some(DEADLINE));
+    let short = NewTopic::new("short", 1, TopicReplication::Fixed(1)).set("retention.ms", "60000");
+    let bad = NewTopic::new("bad", 1, TopicReplication::Fixed(1)).set("retention.ms", "soon");
+    let results = block_on(admin.create_topics([&short, &bad], &options)).expect("create");
+    assert_eq!(results[0], Ok("short".to_string()));
+    assert_eq!(
+        results[1],
+        Err(("bad".to_string(), RDKafkaErrorCode::InvalidConfig))
+    );
+
+    // Five records stamped two minutes ago, then five stamped now, in separate batches; the
+    // same into a topic without a limit of its own.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let log = DeliveryLog::new();
+    let producer = broker.producer(&[("acks", "all")], &log);
+    for (stamp, tag) in [(now - 120_000, "old"), (now, "new")] {
+        for topic in ["short", "long"] {
+            for i in 0..5 {
+                let payload = format!("{tag}-{i}");
+                send(
+                    &producer,
+                    BaseRecord::to(topic)
+                        .payload(payload.as_bytes())
+                        .timestamp(stamp),
+                );
+            }
+        }
+        flush(&producer);
+    }
+    log.assert_no_failures();
+
+    wait_until(DEADLINE, "the old records of `short` expire", || {
+        (earliest(&broker, "short") == 5).then_some(())
+    });
+    assert_eq!(watermarks(&broker, "short"), (5, 10));
+    let kept: Vec<String> = broker
+        .read_all("short", 1)
+        .iter()
+        .map(|r| r.payload_str().to_string())
+        .collect();
+    assert_eq!(kept, (0..5).map(|i| format!("new-{i}")).collect::<Vec<_>>());
+    assert_eq!(watermarks(&broker, "long"), (0, 10), "no limit of its own");
 }

@@ -139,6 +139,38 @@ impl QueueIndex {
         start
     }
 
+    /// The log start a per-queue retention gives, among the first `visible` batches: past
+    /// every batch before the first whose timestamps reach `keep_from_ms` (prefix maxima: a
+    /// batch is kept while it or an earlier one reaches it), and past the oldest batches until
+    /// at most `keep_bytes` of entries remain (the newest batch always stays, as Kafka keeps
+    /// its active segment). Never before the current start.
+    pub fn retained_start(
+        &self,
+        visible: usize,
+        keep_from_ms: Option<i64>,
+        keep_bytes: Option<u64>,
+    ) -> u64 {
+        let visible = visible.min(self.slots.len());
+        let by_time = keep_from_ms.map_or(0, |t| {
+            let first = self.find_time(t).min(visible);
+            self.end_of(first)
+        });
+        let by_size = keep_bytes.map_or(0, |max| {
+            let mut kept = 0u64;
+            let mut first = visible;
+            while first > 0 {
+                let len = u64::from(self.slots[first - 1].entry.entry_len);
+                if kept + len > max && first < visible {
+                    break;
+                }
+                kept += len;
+                first -= 1;
+            }
+            self.end_of(first)
+        });
+        by_time.max(by_size).max(self.log_start_offset)
+    }
+
     /// Log position of the first retained batch, if any.
     pub fn first_pos(&self) -> Option<u64> {
         self.slots.front().map(|s| s.entry.log_pos)
@@ -230,6 +262,42 @@ mod tests {
         assert_eq!(q.log_start_offset, 7, "a trim keeps an advanced start");
         assert_eq!(q.advance_log_start(100), 9);
         assert!(q.slots.is_empty());
+    }
+
+    /// sample(): batches [0,2] ts 10 at 0, [3,4] ts 5 at 100, [5,8] ts 30 at 200, 100 bytes each.
+    #[test]
+    fn retention_of_a_queue_by_time_and_size() {
+        let q = sample();
+        // Prefix maxima 10, 10, 30: a time limit of 11 drops the first two batches.
+        assert_eq!(q.retained_start(3, Some(11), None), 5);
+        // The second batch (ts 5) is older than 6 but the first (ts 10) is not: nothing goes.
+        assert_eq!(q.retained_start(3, Some(6), None), 0);
+        assert_eq!(q.retained_start(3, Some(31), None), 9, "all expired");
+        assert_eq!(
+            q.retained_start(2, Some(31), None),
+            5,
+            "only visible batches"
+        );
+        assert_eq!(q.retained_start(3, None, Some(250)), 3);
+        assert_eq!(q.retained_start(3, None, Some(200)), 3);
+        assert_eq!(
+            q.retained_start(3, None, Some(10)),
+            5,
+            "the newest batch stays"
+        );
+        assert_eq!(
+            q.retained_start(3, Some(11), Some(300)),
+            5,
+            "the later start wins"
+        );
+        assert_eq!(q.retained_start(3, None, None), 0);
+        let mut advanced = sample();
+        advanced.advance_log_start(6);
+        assert_eq!(
+            advanced.retained_start(2, None, Some(1000)),
+            6,
+            "never back"
+        );
     }
 
     #[test]
