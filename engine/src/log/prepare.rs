@@ -228,9 +228,21 @@ impl Inner {
                 }
             };
             let Some(inner) = current(&weak) else {
-                // The log rolled before we finished: this file will never be used.
+                // The log rolled before we finished: this file will never be this segment. A
+                // recycled one goes back to the spares (its old start names it again).
                 seg.close_quietly().await;
-                let _ = io.remove(seg.path.clone()).await;
+                let back = match (recycled, spare, weak.upgrade()) {
+                    (true, Some(old), Some(inner)) => {
+                        let r = io
+                            .rename(seg.path.clone(), recycle::spare_path(&dir, old))
+                            .await;
+                        r.map(|()| inner.spares.borrow_mut().push(old)).is_ok()
+                    }
+                    _ => false,
+                };
+                if !back {
+                    let _ = io.remove(seg.path.clone()).await;
+                }
                 return;
             };
             let p = Rc::new(PreparedSegment {
