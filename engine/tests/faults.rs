@@ -62,7 +62,7 @@ fn run_case(fault: Fault) -> Result<bool, String> {
     run_glommio(move || async move {
         let mem = MemStorage::new();
         let cfg = small_config(PathBuf::from("/mem/faults"), 32 << 10, 16 << 10);
-        let io: Rc<dyn Storage> = Rc::new(mem.clone());
+        let io: Rc<dyn Storage> = Rc::new(mem.process_view());
         let shard = Shard::open_with_io(cfg.clone(), io)
             .await
             .map_err(|e| format!("open: {e}"))?;
@@ -120,7 +120,7 @@ fn run_case(fault: Fault) -> Result<bool, String> {
         // Power loss now; only what was synced counts.
         mem.crash(CrashMode::DropUnsynced);
         drop(shard);
-        let io: Rc<dyn Storage> = Rc::new(mem.clone());
+        let io: Rc<dyn Storage> = Rc::new(mem.process_view());
         let shard = Shard::open_with_io(cfg, io)
             .await
             .map_err(|e| format!("reopen: {e}"))?;
@@ -195,7 +195,7 @@ fn run_checkpoint_case(fault: Fault) -> Result<(), String> {
         let mem = MemStorage::new();
         let cfg = small_config(PathBuf::from("/mem/ckpt-faults"), 32 << 10, 16 << 10);
         let open = |mem: &MemStorage| {
-            let io: Rc<dyn Storage> = Rc::new(mem.clone());
+            let io: Rc<dyn Storage> = Rc::new(mem.process_view());
             Shard::open_with_io(cfg.clone(), io)
         };
         let shard = open(&mem).await.map_err(|e| format!("open: {e}"))?;

@@ -745,7 +745,7 @@ impl Harness {
 
     async fn reopen(&mut self, may_lose_unsynced: bool) -> Check {
         let io: Rc<dyn Storage> = match &self.backing {
-            Backing::Mem(m) => Rc::new(m.clone()),
+            Backing::Mem(m) => Rc::new(m.process_view()),
             Backing::Disk => return Err("disk reopen is done by the driver".into()),
         };
         self.shard = Shard::open_with_io(self.config.clone(), io)
@@ -1011,7 +1011,7 @@ impl Harness {
             self.model
                 .push(q, base, batches[i].clone(), specs[i].durable);
         }
-        let io: Rc<dyn Storage> = Rc::new(mem);
+        let io: Rc<dyn Storage> = Rc::new(mem.process_view());
         self.shard = Shard::open_with_io(self.config.clone(), io)
             .await
             .map_err(|e| format!("reopen after mid-flight crash: {e}"))?;
@@ -1193,7 +1193,7 @@ fn run_mem(s: Scenario) -> Check {
         let mem = MemStorage::new();
         mem.set_prefers_written_extents(s.written_extents);
         let config = config_for(&s, PathBuf::from("/mem/shard"));
-        let io: Rc<dyn Storage> = Rc::new(mem.clone());
+        let io: Rc<dyn Storage> = Rc::new(mem.process_view());
         let shard = Shard::open_with_io(config.clone(), io)
             .await
             .map_err(|e| format!("open: {e}"))?;

@@ -118,6 +118,9 @@ struct State {
 #[derive(Clone, Default)]
 pub struct MemStorage {
     state: Rc<RefCell<State>>,
+    /// Set on a [`MemStorage::process_view`]: the crash generation of the process it belongs
+    /// to. After a later crash its directory operations fail too, as a dead process makes none.
+    process: Option<u64>,
 }
 
 struct MemHandle {
@@ -171,6 +174,28 @@ fn write_into(buf: &mut Vec<u8>, pos: u64, data: &[u8]) {
 impl MemStorage {
     pub fn new() -> MemStorage {
         MemStorage::default()
+    }
+
+    /// The same files as seen by one process (give one to each shard opened): after the next
+    /// [`MemStorage::crash`] every operation through it fails, directory operations included,
+    /// so a shard that "died" cannot rename or remove files under its successor (its detached
+    /// tasks may still run on the test's executor; a killed process's cannot). Plain clones
+    /// keep working across crashes, for the test's own inspection and setup.
+    pub fn process_view(&self) -> MemStorage {
+        MemStorage {
+            state: self.state.clone(),
+            process: Some(self.state.borrow().generation),
+        }
+    }
+
+    /// Fails when this is the view of a process that a crash has ended.
+    fn check_process(&self) -> io::Result<()> {
+        match self.process {
+            Some(g) if g != self.state.borrow().generation => {
+                Err(eio("a directory operation of a process that crashed"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The `n`-th next write (0 = the very next one) fails with an I/O error.
@@ -361,6 +386,7 @@ impl Storage for MemStorage {
         create: bool,
     ) -> IoFuture<'_, Rc<dyn StorageFile>> {
         Box::pin(async move {
+            self.check_process()?;
             let mut st = self.state.borrow_mut();
             let id = match st.names.get(&path).copied() {
                 Some(id) => id,
@@ -393,6 +419,7 @@ impl Storage for MemStorage {
 
     fn remove(&self, path: PathBuf) -> IoFuture<'_, ()> {
         Box::pin(async move {
+            self.check_process()?;
             let mut st = self.state.borrow_mut();
             match st.names.remove(&path) {
                 Some(id) => {
@@ -406,6 +433,7 @@ impl Storage for MemStorage {
 
     fn rename(&self, from: PathBuf, to: PathBuf) -> IoFuture<'_, ()> {
         Box::pin(async move {
+            self.check_process()?;
             let mut st = self.state.borrow_mut();
             let id = st
                 .names
@@ -419,15 +447,18 @@ impl Storage for MemStorage {
     }
 
     fn sync_dir(&self, _dir: PathBuf) -> IoFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
+        let alive = self.check_process();
+        Box::pin(async move { alive })
     }
 
     fn create_dir_all(&self, _dir: PathBuf) -> IoFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
+        let alive = self.check_process();
+        Box::pin(async move { alive })
     }
 
     fn list_dir(&self, dir: PathBuf) -> IoFuture<'_, Vec<String>> {
         Box::pin(async move {
+            self.check_process()?;
             let st = self.state.borrow();
             Ok(st
                 .names
@@ -440,6 +471,7 @@ impl Storage for MemStorage {
 
     fn modified_ms(&self, path: PathBuf) -> IoFuture<'_, i64> {
         Box::pin(async move {
+            self.check_process()?;
             let st = self.state.borrow();
             st.names
                 .get(&path)

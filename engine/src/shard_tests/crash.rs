@@ -211,7 +211,7 @@ fn corrupt_checkpoint_is_reported_not_ignored() {
         let c = cfg("/k");
         open(&c, &io).await.close().await.unwrap();
         assert!(io.flip_bit(std::path::Path::new("/k/checkpoint"), 10, 0));
-        let e = Shard::open_with_io(c, Rc::new(io.clone()) as Rc<dyn Storage>)
+        let e = Shard::open_with_io(c, Rc::new(io.process_view()) as Rc<dyn Storage>)
             .await
             .err();
         assert!(matches!(e, Some(EngineError::Corrupt { .. })), "{e:?}");
@@ -278,7 +278,7 @@ fn damage_before_the_checkpoint_is_refused_not_truncated() {
         drop(s);
         assert!(io.flip_bit(std::path::Path::new("/dd/00000000000000000000.idx"), 3, 1));
         assert!(io.flip_bit(std::path::Path::new("/dd/00000000000000000000.log"), 200, 4));
-        let e = Shard::open_with_io(c, Rc::new(io.clone()) as Rc<dyn Storage>)
+        let e = Shard::open_with_io(c, Rc::new(io.process_view()) as Rc<dyn Storage>)
             .await
             .err();
         assert!(matches!(e, Some(EngineError::Corrupt { .. })), "{e:?}");

@@ -94,7 +94,7 @@ pub(crate) fn small_cfg(dir: &str) -> ShardConfig {
 }
 
 pub(crate) async fn open(c: &ShardConfig, io: &MemStorage) -> Rc<Shard> {
-    Shard::open_with_io(c.clone(), Rc::new(io.clone()) as Rc<dyn Storage>)
+    Shard::open_with_io(c.clone(), Rc::new(io.process_view()) as Rc<dyn Storage>)
         .await
         .expect("open")
 }

@@ -253,7 +253,7 @@ fn a_version_1_checkpoint_is_refused() {
         b[end..].copy_from_slice(&crc.to_le_bytes());
         write_file(&io, path, &b).await;
         let files = io.paths();
-        let e = Shard::open_with_io(c, Rc::new(io.clone()) as Rc<dyn Storage>)
+        let e = Shard::open_with_io(c, Rc::new(io.process_view()) as Rc<dyn Storage>)
             .await
             .err();
         assert!(
