@@ -39,6 +39,7 @@ use ringmq_engine::{FileRange, Part};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Threads in each executor's blocking pool, pinned to the executor's cpu.
@@ -95,12 +96,34 @@ pub async fn send_parts(sock: RawFd, parts: Vec<Part>, send: FetchSend) -> io::R
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // Bounds a blocking send (glommio's own sends never block, so only ours see it).
     socket2::SockRef::from(&sock).set_write_timeout(Some(FILE_SEND_STALL_TIMEOUT))?;
+    // Counted until the thread is done, even if this future is dropped meanwhile (the
+    // connection closed): shutdown waits for it (`pool_sends_settled`).
+    POOL_SENDS.fetch_add(1, Ordering::AcqRel);
     glommio::executor()
-        .spawn_blocking(move || match send {
-            FetchSend::Copy => send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT),
-            FetchSend::Zc => crate::send_zc::send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT),
+        .spawn_blocking(move || {
+            let r = match send {
+                FetchSend::Copy => send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT),
+                FetchSend::Zc => {
+                    crate::send_zc::send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT)
+                }
+            };
+            POOL_SENDS.fetch_sub(1, Ordering::AcqRel);
+            r
         })
         .await
+}
+
+/// Sends running on blocking-pool threads, in the whole process.
+static POOL_SENDS: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits until no blocking-pool send is running, at most `limit`. An executor must not end
+/// while its pool thread still sends: the thread's answer then has nowhere to go (glommio's
+/// pool thread panics). Each send ends within its stall timeout.
+pub async fn pool_sends_settled(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while POOL_SENDS.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Writes the parts in order: runs of bytes parts with one `sendmsg` each (`MSG_MORE` when

@@ -258,6 +258,11 @@ async fn run_core(
     tracing::info!(core = id, "core serving");
     accept_loop(&core, listener).await;
     drain(&core).await;
+    // A connection closed mid-response may have left its send on a pool thread.
+    crate::sendfile::pool_sends_settled(
+        crate::sendfile::FILE_SEND_STALL_TIMEOUT + Duration::from_secs(1),
+    )
+    .await;
     shared.drained.fetch_add(1, Ordering::AcqRel);
     while shared.drained.load(Ordering::Acquire) < core.cores() {
         glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
