@@ -97,6 +97,13 @@ fn retention_removes_old_segments_and_keeps_topics_and_group_offsets() {
     }
     bulk.assert_no_failures();
     let start = earliest(&broker, "bulk");
+    // The removed segments were kept as spares for later segments (--recycle-segments).
+    assert!(
+        broker
+            .output()
+            .contains("retention keeps segment as a spare"),
+        "no segment was recycled"
+    );
     println!("retention moved bulk's earliest offset to {start} after {rounds} rounds");
 
     broker.kill9();
