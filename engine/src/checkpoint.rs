@@ -99,6 +99,9 @@ impl Inner {
 
     fn snapshot(&self) -> Snapshot {
         let st = self.state.borrow();
+        // Starts as they are once retention has removed what it is removing (`retained_from`):
+        // recorded before any of it is visible, so a crash never moves a start back.
+        let removing_before = self.retained_from.get();
         let mut queues: Vec<QueueState> = st
             .queues
             .iter()
@@ -106,7 +109,7 @@ impl Inner {
                 queue_id: id.0,
                 deleted: q.deleted,
                 end_offset: q.end_offset,
-                log_start_offset: q.log_start_offset,
+                log_start_offset: q.start_from_pos(removing_before),
             })
             .collect();
         queues.sort_by_key(|q| q.queue_id);

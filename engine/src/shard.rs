@@ -89,6 +89,9 @@ pub(crate) struct Inner {
     /// A queue's log start was advanced since the last periodic checkpoint, which must then
     /// record it even if the log did not move.
     pub(crate) log_starts_moved: Cell<bool>,
+    /// Retention removes (or has removed) every segment before this log position; checkpoints
+    /// record the queues' starts as if it had (`log::retention`).
+    pub(crate) retained_from: Cell<u64>,
     /// Segments whose index file recovery found unusable and rebuilt by a scan (tests and
     /// metrics).
     pub rebuilt_segments: u64,
@@ -173,6 +176,7 @@ impl Shard {
             recycled_rolls: Cell::new(0),
             spares: RefCell::new(rec.spares),
             log_starts_moved: Cell::new(false),
+            retained_from: Cell::new(0),
             rebuilt_segments: rec.rebuilt_segments,
             zero_ahead,
             backlog_reads: Cell::new(0),
@@ -489,6 +493,9 @@ impl Shard {
         inner.flush_to(pos).await?;
         inner.checkpoint().await?;
         inner.stop();
+        // A retention pass in flight (a segment preparation runs one) finishes its checkpoint
+        // and file operations before the shard counts as closed; later ones see it stopped.
+        let _retention = inner.retention_lock.acquire_permit(1).await;
         inner.close_files().await;
         Ok(())
     }

@@ -171,6 +171,13 @@ impl QueueIndex {
         by_time.max(by_size).max(self.log_start_offset)
     }
 
+    /// The log start this queue has once every segment before log position `pos` is removed:
+    /// its first batch at or after `pos` (its end if none), or its current start if later.
+    pub fn start_from_pos(&self, pos: u64) -> u64 {
+        let n = self.slots.partition_point(|s| s.entry.log_pos < pos);
+        self.end_of(n).max(self.log_start_offset)
+    }
+
     /// Log position of the first retained batch, if any.
     pub fn first_pos(&self) -> Option<u64> {
         self.slots.front().map(|s| s.entry.log_pos)

@@ -299,6 +299,8 @@ async fn take_spare(weak: &Weak<Inner>) -> Option<Option<u64>> {
             tracing::warn!(error = %e, "retention before preparing a segment failed");
         }
     }
+    // Closed meanwhile: no file operation after the shard's close.
+    let inner = live(weak)?;
     let spare = inner.spares.borrow_mut().pop();
     Some(spare)
 }

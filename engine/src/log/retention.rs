@@ -5,7 +5,8 @@
 //! start offset only moves forward. The shard writes a checkpoint past a segment before it
 //! deletes it, so recovery never needs bytes that retention removed.
 //!
-//! A segment is two files, deleted in this order:
+//! Order: a checkpoint recording the queues' new starts (and past the doomed segments), then
+//! the in-memory trim, then the files. A segment is two files, deleted in this order:
 //!
 //! ```text
 //!  1 remove <start>.log, sync the directory    (the log is gone for good)
@@ -39,6 +40,9 @@ impl Inner {
             .acquire_permit(1)
             .await
             .map_err(|_| EngineError::Closed)?;
+        if self.stopped() {
+            return Ok(());
+        }
         let (doomed, end) = {
             let st = self.state.borrow();
             // Pinned queues keep every segment from the one holding their first retained batch.
@@ -67,10 +71,12 @@ impl Inner {
         if doomed.is_empty() {
             return Ok(());
         }
-        // Recovery must never need a deleted segment: checkpoint past it first.
-        if self.state.borrow().checkpoint_pos < end {
-            self.checkpoint().await?;
-        }
+        // First a checkpoint past the doomed segments (recovery never needs them) that already
+        // records the queues' starts after them, before any of this is visible: a crash at any
+        // later point finds the starts there, never back before them, even where a segment
+        // file is still in place (recovery then rebuilds its index and drops the batches).
+        self.retained_from.set(self.retained_from.get().max(end));
+        self.checkpoint().await?;
         let removed: Vec<_> = {
             let mut st = self.state.borrow_mut();
             for q in st.queues.values_mut() {
