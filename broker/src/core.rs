@@ -5,7 +5,7 @@
 //! on that thread through [`current`].
 
 use crate::config::Config;
-use crate::group::compact::{COMPACT_RETAINED_SEGMENTS, COMPACT_RETAINED_SNAPSHOT_FACTOR};
+use crate::group::compact::{holds_back_retention, retained_limit};
 use crate::mesh::{Mesh, Notify};
 use crate::metadata::{
     decode_events, encode_events, MetaError, MetaEvent, Snapshot, META_COMPACT_EVENTS,
@@ -297,10 +297,11 @@ impl Core {
     /// core's commit log from retention than the group logs may (the same limit:
     /// `COMPACT_RETAINED_SEGMENTS` segments, or twice the last snapshot if that is larger).
     fn meta_holds_back_retention(&self) -> bool {
-        let limit = COMPACT_RETAINED_SEGMENTS
-            .saturating_mul(self.config.segment_size_bytes)
-            .max(COMPACT_RETAINED_SNAPSHOT_FACTOR.saturating_mul(self.meta_snapshot_bytes.get()));
-        self.store.retained_log_bytes(META_QUEUE) > limit
+        holds_back_retention(
+            self.store.retained_log_bytes(META_QUEUE),
+            retained_limit(self.config.segment_size_bytes),
+            self.meta_snapshot_bytes.get(),
+        )
     }
 
     /// Core 0 only: appends a snapshot of the current metadata to the metadata queue and moves

@@ -77,8 +77,7 @@ pub async fn start(core: &Rc<Core>) -> Result<(), String> {
         node_id: crate::admin::NODE_ID,
         host: core.advertised.0.clone(),
         port: core.advertised.1,
-        compact_retained_bytes: crate::group::compact::COMPACT_RETAINED_SEGMENTS
-            .saturating_mul(c.segment_size_bytes),
+        compact_retained_bytes: crate::group::compact::retained_limit(c.segment_size_bytes),
     };
     let mut coordinator = GroupCoordinator::new(config, EngineGroupLog);
     let batches = read_queue(&core.store, GROUP_QUEUE)

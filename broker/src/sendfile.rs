@@ -96,25 +96,40 @@ pub async fn send_parts(sock: RawFd, parts: Vec<Part>, send: FetchSend) -> io::R
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // Bounds a blocking send (glommio's own sends never block, so only ours see it).
     socket2::SockRef::from(&sock).set_write_timeout(Some(FILE_SEND_STALL_TIMEOUT))?;
-    // Counted until the thread is done, even if this future is dropped meanwhile (the
-    // connection closed): shutdown waits for it (`pool_sends_settled`).
-    POOL_SENDS.fetch_add(1, Ordering::AcqRel);
+    // Counted until the closure is gone (run, or dropped unrun), even if this future is dropped
+    // meanwhile (the connection closed): shutdown waits for it (`pool_sends_settled`).
+    let counted = PoolSend::start();
     glommio::executor()
         .spawn_blocking(move || {
-            let r = match send {
+            let _counted = counted;
+            match send {
                 FetchSend::Copy => send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT),
                 FetchSend::Zc => {
                     crate::send_zc::send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT)
                 }
-            };
-            POOL_SENDS.fetch_sub(1, Ordering::AcqRel);
-            r
+            }
         })
         .await
 }
 
 /// Sends running on blocking-pool threads, in the whole process.
 static POOL_SENDS: AtomicUsize = AtomicUsize::new(0);
+
+/// One pool send counted in [`POOL_SENDS`] for as long as it lives.
+struct PoolSend;
+
+impl PoolSend {
+    fn start() -> PoolSend {
+        POOL_SENDS.fetch_add(1, Ordering::AcqRel);
+        PoolSend
+    }
+}
+
+impl Drop for PoolSend {
+    fn drop(&mut self) {
+        POOL_SENDS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Waits until no blocking-pool send is running, at most `limit`. An executor must not end
 /// while its pool thread still sends: the thread's answer then has nowhere to go (glommio's

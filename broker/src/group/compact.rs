@@ -97,6 +97,20 @@ pub const COMPACT_RETAINED_SEGMENTS: u64 = 2;
 /// ... and more than this many times the bytes of the last snapshot, so a state larger than
 /// the segments cannot make every check compact again.
 pub const COMPACT_RETAINED_SNAPSHOT_FACTOR: u64 = 2;
+/// The bytes a pinned internal queue may hold back from its core's retention: `segment_bytes`
+/// x [`COMPACT_RETAINED_SEGMENTS`].
+pub fn retained_limit(segment_bytes: u64) -> u64 {
+    COMPACT_RETAINED_SEGMENTS.saturating_mul(segment_bytes)
+}
+
+/// Whether an internal log whose first retained batch holds back `retained` bytes of its
+/// core's log must be compacted: more than `limit` ([`retained_limit`]) and more than
+/// [`COMPACT_RETAINED_SNAPSHOT_FACTOR`] x its last snapshot. Shared by the group and the
+/// metadata logs.
+pub fn holds_back_retention(retained: u64, limit: u64, snapshot_bytes: u64) -> bool {
+    retained > limit.max(COMPACT_RETAINED_SNAPSHOT_FACTOR.saturating_mul(snapshot_bytes))
+}
+
 /// How often the driver compares the retained bytes with the limit: other queues' appends move
 /// the head, and nothing wakes the driver for them. The comparison is two numbers; between two
 /// checks retention waits on at most a second of the core's traffic.
@@ -282,11 +296,11 @@ impl<L: GroupLog> GroupCoordinator<L> {
         }
         inner.compaction.next_check_ms = now + COMPACTION_CHECK_INTERVAL_MS;
         let snapshot_bytes = inner.compaction.last_snapshot_bytes;
-        let limit = self
-            .config
-            .compact_retained_bytes
-            .max(COMPACT_RETAINED_SNAPSHOT_FACTOR.saturating_mul(snapshot_bytes));
-        self.log.retained_bytes() > limit
+        holds_back_retention(
+            self.log.retained_bytes(),
+            self.config.compact_retained_bytes,
+            snapshot_bytes,
+        )
     }
 
     /// When the driver must next look at the retained bytes.

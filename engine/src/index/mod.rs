@@ -88,18 +88,9 @@ impl QueueIndex {
     /// Drops the slots stored before log position `pos` (their segment was deleted) and moves
     /// the log start offset past them.
     pub fn trim_before(&mut self, pos: u64) {
-        let n = self.slots.partition_point(|s| s.entry.log_pos < pos);
-        if n == 0 {
-            return;
-        }
-        self.slots.drain(..n);
-        let first = self
-            .slots
-            .front()
-            .map_or(self.end_offset, |s| s.entry.base_offset);
         // Never backwards: the start may have been advanced into the first retained batch.
-        self.log_start_offset = self.log_start_offset.max(first);
-        self.recompute_prefix_max();
+        let start = self.start_from_pos(pos);
+        self.advance_log_start(start);
     }
 
     /// Keeps prefix maxima exact for the retained entries after a trim.
