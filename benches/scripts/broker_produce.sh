@@ -7,7 +7,8 @@
 # times and reported as median [min..max], with the 1-minute load average of each run, because
 # the machine is shared and the figures are noisy. Phases: raw loopback TCP; 16 partitions (max
 # acks=1/all, then open loop at half of each max, each open-loop run once the active segment is
-# zero-filled (`wait_zero_ahead` in lib.sh), then one extra acks=all run traced with perf's
+# zero-filled (`wait_zero_ahead` in lib.sh), each acks=all one followed by the disk alone at the
+# same byte rate (`ringmq-disk-write`, no broker: the floor under it), then one extra acks=all run traced with perf's
 # io_uring tracepoints to show where appends wait); 10,000 partitions (creation time, idle RSS,
 # max acks=1 interleaved with 16-partition runs on the same broker); the 16-partition acks=1
 # load on `--storage memory` (no disk); an fdatasync probe of the disk at start and end.
@@ -69,6 +70,7 @@ say "out dir: $OUT_DIR"
 
 # ---- build -----------------------------------------------------------------------------------
 build_release "$REPO" "$BUILD_TIMEOUT"
+build_disk_write "$REPO" "$BUILD_TIMEOUT"
 SECONDS=0 # the benchmark's own time budget starts after the build
 say "binaries: $(ls -l --time-style=+%H:%M "$BIN/ringmq" "$BIN/ringmq-loadgen" | awk '{print $7, $6}' | tr '\n' ' ')"
 
@@ -144,6 +146,8 @@ for i in $(seq 1 "$REPS"); do
     # Each run on a zero-filled active segment, as on a broker up for a moment (lib.sh).
     wait_zero_ahead "$OUT_DIR/data-p16" "${EXTRA_BROKER_ARGS[@]}"
     lg lat16_acksall_$i --topic t16 --rate "$HALFALL" --acks all --duration "$LAT_DURATION" --linger-ms "$LAT_LINGER_MS"
+    # The disk alone at the same byte rate, in the same minutes: the floor under that run.
+    disk_floor disk_acksall_$i "$HALFALL" "$LAT_DURATION"
     wait_zero_ahead "$OUT_DIR/data-p16" "${EXTRA_BROKER_ARGS[@]}"
     lg lat16_acks1_$i --topic t16 --rate "$HALF1" --acks 1 --duration "$LAT_DURATION" --linger-ms "$LAT_LINGER_MS"
 done
@@ -221,6 +225,10 @@ lrow() { printf '%-34s %-18s %-24s %-24s %-24s %s| %s\n' "$1" "$2" "$(stat "$3" 
 lrow "16p acks=all at half max" "$HALFALL" lat16_acksall
 lrow "16p acks=1 at half max" "$HALF1" lat16_acks1
 lrow "16p acks=1, --storage memory" "$HALF1" memlat16_acks1
+DP='.disk'
+printf '%-34s %-18s %-24s %-24s %-24s %s| stalls >=20/100 ms: %s\n' "disk alone (no broker), same bytes/s" "$HALFALL" \
+    "$(stat disk_acksall "$DP.record_p50_us")" "$(stat disk_acksall "$DP.record_p99_us")" "$(stat disk_acksall "$DP.record_p999_us")" \
+    "$(loads disk_acksall)" "$(for i in $(seq 1 "$REPS"); do jq -r '"\(.disk.stalls_20ms // "?")/\(.disk.stalls_100ms // "?")"' "$OUT_DIR/disk_acksall_$i.json"; done | tr '\n' ' ')" | tee -a "$SUMMARY"
 say ""
 say "second by second (loadgen JSON intervals; one line per run):"
 for n in lat16_acksall lat16_acks1 memlat16_acks1; do
@@ -244,6 +252,8 @@ say "10000 partitions created in ${CREATE10K_MS} ms (loadgen CreateTopics round 
 say ""
 say "targets:"
 say "  acks=all p99 at half max <= 1000 us : median ${P99ALL} us -> $(awk -v p="$P99ALL" 'BEGIN {print (p <= 1000) ? "MET" : "MISSED"}')"
+DISKP99=$(median disk_acksall "$DP.record_p99_us")
+say "    the disk alone at that byte rate (ringmq-disk-write, interleaved): p99 ${DISKP99} us; broker / disk: $(ratio "$P99ALL" "$DISKP99")"
 R1=$(ratio "$M10K" "$M16")
 R2=$(ratio "$M10K" "$M16B")
 say "  10000p / 16p max acks=1 >= 0.90    : $R1 (vs phase-2 16p) / $R2 (vs 16p on the same broker) -> $(awk -v r="$R2" 'BEGIN {print (r >= 0.9) ? "MET" : "MISSED"}')"

@@ -6,7 +6,9 @@
 # 1 KiB records, $PARTITIONS partitions. Phases:
 #   0. raw loopback TCP baseline (`ringmq-loadgen --raw` on both CPUs), $REPS times.
 #   a. tail reads: the max produce rate (acks=1, producers only), then open loop at half of it
-#      with 1 and with 8 consumers reading the tail: end-to-end p50/p99/p99.9.
+#      with 1 and with 8 consumers reading the tail: end-to-end p50/p99/p99.9; then two floors
+#      in the same run: the disk alone writing the same bytes/s (`ringmq-disk-write --no-sync`,
+#      no broker, after each rep) and the same tail load on `--storage memory` (no disk).
 #   b. catch-up: fill a backlog of $BACKLOG_BYTES (producers only, closed loop), then for each
 #      backlog-read mode in $MODES and $REPS times: stop the broker, drop the page cache, start
 #      it again on the same data (the tail cache is empty after a restart, so every byte comes
@@ -86,6 +88,7 @@ say "git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (work
 say "settings: BACKLOG_BYTES=$BACKLOG_BYTES MODES='$MODES' REPS=$REPS PARTITIONS=$PARTITIONS CATCHUP_FETCH_BYTES=$CATCHUP_FETCH_BYTES; out dir $OUT_DIR"
 
 build_release "$REPO" "$BUILD_TIMEOUT"
+build_disk_write "$REPO" "$BUILD_TIMEOUT"
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     (cd "$REPO" && timeout "$BUILD_TIMEOUT" cargo build --release -p ringmq-benches --bin ringmq-disk-read)
 fi
@@ -147,9 +150,25 @@ if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
                 log "$t $i: e2e p99 $(jq -r "$E.latency.p99_us" "$OUT_DIR/${t}_$i.json" 2>/dev/null) us ($(cat "$OUT_DIR/${t}_$i.meta"))"
             done
         done
+        # The disk alone at the same byte rate (writes only, as acks=1 and visibility wait for
+        # the write), in the same minutes: the floor the disk sets under these runs.
+        disk_floor taildisk_$i "$HALF" "$LAT_DURATION" --no-sync
     done
     stop_broker
     rm -rf "$DATA_ROOT/data-tail"
+    # The same tail load with no disk at all (`--storage memory`): the floor this machine's CPUs
+    # and loopback set (broker and load generator each on one core).
+    start_broker tail-memory "$DATA_ROOT/data-tail-memory" --storage memory
+    loadgen_run create_tail_memory 60 --topic tail --create-topic --partitions "$PARTITIONS" --producers 0 --consumers 0
+    for i in $(seq 1 "$REPS"); do
+        for c in 1 8; do
+            loadgen_run "memtail${c}_$i" "$RUN_TIMEOUT" --topic tail --producers 1 --consumers "$c" \
+                --rate "$HALF" --acks 1 --linger-ms 0 --fetch-max-wait-ms 500 \
+                --warmup "$WARMUP" --duration "$LAT_DURATION"
+        done
+    done
+    stop_broker
+    rm -rf "$DATA_ROOT/data-tail-memory"
 fi
 
 # ---- b. catch-up read of a backlog after dropping the page cache --------------------------------
@@ -257,6 +276,14 @@ if [[ "${SKIP_TAIL:-0}" != 1 ]]; then
     P99=$(median tail1 "$E.latency.p99_us")
     P99_8=$(median tail8 "$E.latency.p99_us")
     say "  target tail e2e p99 <= 1000 us: 1 consumer $P99 us, 8 consumers $P99_8 us -> $(awk -v a="$P99" -v b="$P99_8" 'BEGIN {print (a <= 1000 && b <= 1000) ? "MET" : "MISSED"}')"
+    say "  floors measured in the same run:"
+    for c in 1 8; do
+        say "    no disk (--storage memory), $c consumer(s): e2e p50 $(stat "memtail$c" "$E.latency.p50_us")  p99 $(stat "memtail$c" "$E.latency.p99_us")  p99.9 $(stat "memtail$c" "$E.latency.p999_us") (load1 $(loads "memtail$c"))"
+    done
+    DISK99=$(median taildisk .disk.record_p99_us)
+    say "    the disk alone, writes of the same bytes/s, no broker (ringmq-disk-write --no-sync): record p50 $(stat taildisk .disk.record_p50_us)  p99 $(stat taildisk .disk.record_p99_us)  p99.9 $(stat taildisk .disk.record_p999_us); writes >= 20/100 ms: $(for i in $(seq 1 "$REPS"); do jq -r '"\(.disk.stalls_20ms // "?")/\(.disk.stalls_100ms // "?")"' "$OUT_DIR/taildisk_$i.json" 2>/dev/null; done | tr '\n' ' ')"
+    higher() { awk -v a="$1" -v b="$2" 'BEGIN {print (a + 0 > b + 0) ? a : b}'; }
+    say "    e2e p99 / the higher floor's p99: 1 consumer $(ratio "$P99" "$(higher "$(median memtail1 "$E.latency.p99_us")" "$DISK99")"), 8 consumers $(ratio "$P99_8" "$(higher "$(median memtail8 "$E.latency.p99_us")" "$DISK99")")"
 fi
 if [[ "${SKIP_CATCHUP:-0}" != 1 ]]; then
     say "catch-up read of the backlog after dropping the page cache (1 consumer, from earliest):"

@@ -114,6 +114,32 @@ broker_wait_ms() {
     echo "$w"
 }
 
+# build_disk_write REPO TIMEOUT_S: builds `ringmq-disk-write` (benches/src/bin) unless SKIP_BUILD=1.
+build_disk_write() {
+    if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+        (cd "$1" && timeout "$2" cargo build --release -p ringmq-benches --bin ringmq-disk-write)
+    fi
+}
+
+# disk_floor NAME RECORDS_PER_S DURATION [--no-sync]: the disk alone at the byte rate of that many 1 KiB
+# records a second (`ringmq-disk-write`: no broker; one thread writes every record due, as one
+# O_DIRECT write, then fdatasyncs, open loop), pinned to $BROKER_CPU, its file in OUT_DIR: the
+# floor under acks=all latency at that rate, right now (kernel-notes/the-disk.md). Writes
+# OUT_DIR/NAME.txt, NAME.meta (load average) and NAME.json: {"disk": {"record_p50_us": ..,
+# "record_p99_us": .., "record_p999_us": .., "record_max_us": .., "stalls_20ms": ..,
+# "stalls_100ms": ..}} ({} if it failed). `--no-sync`: writes only (the floor under acks=1).
+disk_floor() {
+    local name=$1 rate=$(($2 * 1024)) dur=$3
+    shift 3
+    echo "load1=$(load1)" >"$OUT_DIR/$name.meta"
+    RINGMQ_BENCH_DIR="$OUT_DIR" timeout 120 taskset -c "$BROKER_CPU" "$BIN/ringmq-disk-write" \
+        --rate "$rate" --record 1K --duration "$dur" --summary "$@" >"$OUT_DIR/$name.txt" 2>&1 || true
+    grep '^disk_write ' "$OUT_DIR/$name.txt" | tr ' ' '\n' |
+        awk -F= 'NF == 2 { printf "%s\"%s\": %s", (n++ ? ", " : "{\"disk\": {"), $1, $2 }
+                 END { print (n ? "}}" : "{}") }' >"$OUT_DIR/$name.json"
+    log "$name: $(grep '^disk_write ' "$OUT_DIR/$name.txt" || echo 'no summary')"
+}
+
 # loadgen_run NAME TIMEOUT_S ARGS...: one loadgen run pinned to $LOADGEN_CPU against the broker
 # on $PORT. Writes OUT_DIR/NAME.json (its report), NAME.txt (its output) and NAME.meta (load
 # average at the start, exit code, wall time, broker CPU and run-queue wait during the run).

@@ -107,6 +107,13 @@ pub struct Cli {
     /// kernel-notes/o-direct-reads.md.
     #[arg(long, env = "RINGMQ_FETCH_BACKLOG_READ")]
     pub fetch_backlog_read: Option<FetchBacklogRead>,
+    /// I/O scheduling class of the disk reads behind fetches of data no longer in the tail
+    /// cache (`readahead` chunks, and the page-cache reads of `sendfile` sends): `idle`
+    /// (default: the block layer serves them when no write of the log waits, so a catch-up
+    /// consumer does not delay appends; with mq-deadline a read waits at most 10 s) or
+    /// `normal` (the same class as the log's writes). See kernel-notes/the-disk.md.
+    #[arg(long, env = "RINGMQ_FETCH_READ_PRIORITY")]
+    pub fetch_read_priority: Option<FetchReadPriority>,
     /// How fetch responses leave: `copy` (default: socket writes, sendfile for file ranges)
     /// or `zc` (io_uring SEND_ZC from a blocking-pool thread for file-range responses and
     /// responses of at least 64 KiB; kernel-notes/send-zc.md: on loopback the kernel copies
@@ -132,6 +139,24 @@ pub enum FetchBacklogRead {
     Readahead,
     Direct,
     Sendfile,
+}
+
+/// I/O scheduling class of backlog reads (`ringmq_engine::ReadPriority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchReadPriority {
+    #[default]
+    Idle,
+    Normal,
+}
+
+impl From<FetchReadPriority> for ringmq_engine::ReadPriority {
+    fn from(p: FetchReadPriority) -> Self {
+        match p {
+            FetchReadPriority::Idle => ringmq_engine::ReadPriority::Idle,
+            FetchReadPriority::Normal => ringmq_engine::ReadPriority::Normal,
+        }
+    }
 }
 
 impl From<FetchBacklogRead> for ringmq_engine::BacklogRead {
@@ -187,6 +212,7 @@ struct FileConfig {
     group_max_session_timeout_ms: Option<i32>,
     storage: Option<StorageKind>,
     fetch_backlog_read: Option<FetchBacklogRead>,
+    fetch_read_priority: Option<FetchReadPriority>,
     fetch_send: Option<FetchSend>,
     iowq_cpus: Option<crate::iowq::IowqCpus>,
     iowq_max_workers: Option<u32>,
@@ -219,6 +245,7 @@ pub struct Config {
     pub group_max_session_timeout_ms: i32,
     pub storage: StorageKind,
     pub fetch_backlog_read: FetchBacklogRead,
+    pub fetch_read_priority: FetchReadPriority,
     pub fetch_send: FetchSend,
     pub iowq_cpus: crate::iowq::IowqCpus,
     pub iowq_max_workers: u32,
@@ -282,6 +309,7 @@ impl Default for Config {
             group_max_session_timeout_ms: 1_800_000,
             storage: StorageKind::Engine,
             fetch_backlog_read: FetchBacklogRead::default(),
+            fetch_read_priority: FetchReadPriority::default(),
             fetch_send: FetchSend::default(),
             iowq_cpus: crate::iowq::IowqCpus::default(),
             iowq_max_workers: 0,
@@ -373,6 +401,10 @@ impl Config {
                 .fetch_backlog_read
                 .or(file.fetch_backlog_read)
                 .unwrap_or(d.fetch_backlog_read),
+            fetch_read_priority: cli
+                .fetch_read_priority
+                .or(file.fetch_read_priority)
+                .unwrap_or(d.fetch_read_priority),
             fetch_send: cli.fetch_send.or(file.fetch_send).unwrap_or(d.fetch_send),
             iowq_cpus: cli.iowq_cpus.or(file.iowq_cpus).unwrap_or(d.iowq_cpus),
             iowq_max_workers: cli
@@ -503,6 +535,35 @@ mod tests {
         .unwrap();
         assert_eq!(Config::resolve(cli).unwrap().fetch_send, FetchSend::Copy);
         assert!(Cli::try_parse_from(["ringmq", "--fetch-send", "splice"]).is_err());
+    }
+
+    #[test]
+    fn fetch_read_priority_is_idle_by_default_and_comes_from_flag_or_file() {
+        let d = Config::resolve(Cli::try_parse_from(["ringmq"]).unwrap()).unwrap();
+        assert_eq!(d.fetch_read_priority, FetchReadPriority::Idle);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "fetch_read_priority = \"normal\"\n").unwrap();
+        let cli = Cli::try_parse_from(["ringmq", "--config", path.to_str().unwrap()]).unwrap();
+        let c = Config::resolve(cli).unwrap();
+        assert_eq!(c.fetch_read_priority, FetchReadPriority::Normal);
+        assert_eq!(
+            ringmq_engine::ReadPriority::from(c.fetch_read_priority),
+            ringmq_engine::ReadPriority::Normal
+        );
+        let cli = Cli::try_parse_from([
+            "ringmq",
+            "--config",
+            path.to_str().unwrap(),
+            "--fetch-read-priority",
+            "idle",
+        ])
+        .unwrap();
+        assert_eq!(
+            Config::resolve(cli).unwrap().fetch_read_priority,
+            FetchReadPriority::Idle
+        );
+        assert!(Cli::try_parse_from(["ringmq", "--fetch-read-priority", "rt"]).is_err());
     }
 
     #[test]

@@ -35,7 +35,8 @@ use crate::config::FetchSend;
 use crate::iov;
 use glommio::sync::Semaphore;
 use glommio::{CpuSet, PoolPlacement};
-use ringmq_engine::{FileRange, Part};
+use ringmq_engine::{FileRange, Part, ReadPriority};
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -62,6 +63,14 @@ const _: () = assert!(FILE_READ_AHEAD_BYTES <= ringmq_engine::SENDFILE_TAIL_MARG
 
 thread_local! {
     static SEND_SLOTS: Rc<Semaphore> = Rc::new(Semaphore::new(MAX_FILE_SENDS_PER_CORE as u64));
+    /// I/O class of the page-cache reads this executor's pool sends cause (`--fetch-read-priority`).
+    static READ_PRIORITY: Cell<ReadPriority> = const { Cell::new(ReadPriority::Idle) };
+}
+
+/// Sets the I/O class of the disk reads that this executor's sends of file ranges cause (a
+/// cold page read by sendfile is read by the sending thread). Call on the executor thread.
+pub fn set_read_priority(p: ReadPriority) {
+    READ_PRIORITY.with(|c| c.set(p));
 }
 
 /// The blocking-pool placement for the executor on `cpu`: [`BLOCKING_THREADS_PER_CORE`]
@@ -99,9 +108,13 @@ pub async fn send_parts(sock: RawFd, parts: Vec<Part>, send: FetchSend) -> io::R
     // Counted until the closure is gone (run, or dropped unrun), even if this future is dropped
     // meanwhile (the connection closed): shutdown waits for it (`pool_sends_settled`).
     let counted = PoolSend::start();
+    let priority = READ_PRIORITY.with(Cell::get);
     glommio::executor()
         .spawn_blocking(move || {
             let _counted = counted;
+            if let Err(e) = ringmq_engine::io::set_thread_read_priority(priority) {
+                tracing::warn!(error = %e, ?priority, "setting a sender thread's I/O class failed");
+            }
             match send {
                 FetchSend::Copy => send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT),
                 FetchSend::Zc => {

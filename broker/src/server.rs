@@ -233,6 +233,7 @@ async fn run_core(
     let mesh = Mesh::new(senders);
     let id = mesh.me();
     let store = open_store(&config, id).await?;
+    crate::sendfile::set_read_priority(config.fetch_read_priority.into());
     let core = Rc::new(Core::new(
         id,
         config.clone(),
@@ -297,6 +298,7 @@ async fn open_store(config: &Config, id: usize) -> Result<Store, String> {
                 pinned_queues: vec![META_QUEUE, GROUP_QUEUE],
                 io_memory_bytes: io_memory_per_core(config.cores),
                 backlog_read: config.fetch_backlog_read.into(),
+                backlog_read_priority: config.fetch_read_priority.into(),
                 ..ShardConfig::default()
             };
             Shard::open(shard_config)

@@ -73,7 +73,7 @@
 //!   the completions of the running writes trigger the next cut, so under load writes stay
 //!   whole-block, large and pipelined.
 
-use crate::io::align_up;
+use crate::io::{align_up, slow};
 use crate::log::appender::PendingWrite;
 use crate::log::recovery::now_ms;
 use crate::shard::Inner;
@@ -635,7 +635,13 @@ impl Inner {
             let PendingWrite {
                 seg, file_pos, buf, ..
             } = w;
-            let r = seg.file.write_at(buf, file_pos).await;
+            let r = slow::watch(
+                "log write",
+                &seg.path,
+                file_pos,
+                seg.file.write_at(buf, file_pos),
+            )
+            .await;
             seg.modified_ms.set(now_ms());
             let Some(inner) = weak.upgrade() else { return };
             let r = match r {
@@ -683,7 +689,7 @@ impl Inner {
                 None => Ok(()),
             };
             for s in segs.iter().filter(|_| r.is_ok()) {
-                if let Err(e) = s.file.fdatasync().await {
+                if let Err(e) = slow::watch("fdatasync", &s.path, 0, s.file.fdatasync()).await {
                     r = Err(format!("fdatasync of {} failed: {e}", s.path.display()));
                     break;
                 }

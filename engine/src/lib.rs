@@ -39,6 +39,7 @@ mod shard;
 mod shard_tests;
 
 pub use error::EngineError;
+pub use io::ReadPriority;
 pub use log::sendfile::SENDFILE_TAIL_MARGIN_BYTES;
 pub use ringmq_wire::part::{FileRange, Part};
 pub use shard::{Shard, LOCK_FILE};
@@ -92,6 +93,10 @@ pub struct ShardConfig {
     pub io_memory_bytes: usize,
     /// How batches no longer in the tail cache are read. Default [`BacklogRead::Readahead`].
     pub backlog_read: BacklogRead,
+    /// I/O scheduling class of those reads where the engine issues them from blocking-pool
+    /// threads (`Readahead`), so that they yield the disk to the log's writes
+    /// (`io::ReadPriority`). Default [`ReadPriority::Idle`].
+    pub backlog_read_priority: ReadPriority,
     /// Zero-fill the active segment ahead of the write head once the log has been quiet for a
     /// moment, so later appends overwrite written blocks (cheaper writes and fdatasyncs on
     /// ext4; `log::zero_ahead`). Only on storage that prefers written extents. Default true.
@@ -146,6 +151,7 @@ impl Default for ShardConfig {
             max_batch_bytes: 8 << 20,
             io_memory_bytes: recommended_io_memory_bytes(),
             backlog_read: BacklogRead::default(),
+            backlog_read_priority: ReadPriority::default(),
             zero_ahead: true,
             recycle_segments: true,
             pinned_queues: Vec::new(),

@@ -123,7 +123,8 @@ impl Shard {
         config.dir = std::path::absolute(&config.dir)
             .map_err(|e| EngineError::io("resolve shard dir", &config.dir, e))?;
         let lock = lock_dir(&config.dir)?;
-        Shard::open_locked(config, Rc::new(GlommioStorage), Some(lock)).await
+        let storage = Rc::new(GlommioStorage::new(config.backlog_read_priority));
+        Shard::open_locked(config, storage, Some(lock)).await
     }
 
     /// [`Shard::open`] on any storage, e.g. [`crate::io::MemStorage`] in tests. Recovers,

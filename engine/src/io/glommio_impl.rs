@@ -57,7 +57,16 @@ impl Drop for OwnedReadSlot {
 
 /// The production storage: real files on the executor's io_uring.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct GlommioStorage;
+pub struct GlommioStorage {
+    /// I/O scheduling class of the backlog reads issued from blocking-pool threads.
+    read_priority: super::ReadPriority,
+}
+
+impl GlommioStorage {
+    pub fn new(read_priority: super::ReadPriority) -> GlommioStorage {
+        GlommioStorage { read_priority }
+    }
+}
 
 /// An open file's glommio handles. Cloned (cheaply) by each operation for its duration, so
 /// that [`StorageFile::close`] can take the handles away while an operation is in flight.
@@ -127,6 +136,8 @@ struct GlommioFile {
     /// the descriptor stays open (never a reused number) even when the reading future is
     /// dropped or the file closed meanwhile; the last clone closes it (close(2), at once).
     shared_fd: RefCell<Option<Arc<OwnedFd>>>,
+    /// I/O scheduling class of its blocking-pool reads (the storage's).
+    read_priority: super::ReadPriority,
 }
 
 impl GlommioFile {
@@ -176,6 +187,7 @@ impl Storage for GlommioStorage {
         kind: FileKind,
         create: bool,
     ) -> IoFuture<'_, Rc<dyn StorageFile>> {
+        let read_priority = self.read_priority;
         Box::pin(async move {
             let handle = match kind {
                 FileKind::Direct => {
@@ -209,6 +221,7 @@ impl Storage for GlommioStorage {
                 handle: RefCell::new(Some(handle)),
                 path,
                 shared_fd: RefCell::new(None),
+                read_priority,
             }) as Rc<dyn StorageFile>)
         })
     }
@@ -330,6 +343,7 @@ impl StorageFile for GlommioFile {
                 return self.read_at(pos, len).await.map(Bytes::from);
             };
             let fd = self.shared_fd(&r)?;
+            let priority = self.read_priority;
             // Each piece is one pread (one device request into the contiguous buffer), issued
             // by the pool thread right after the previous one: no trip through the executor
             // between them (the disk idled half the time when there was one). If this future
@@ -338,6 +352,9 @@ impl StorageFile for GlommioFile {
             // executor waits for, not on pool threads.
             let (buf, pieces) = glommio::executor()
                 .spawn_blocking(move || {
+                    if let Err(e) = super::set_thread_read_priority(priority) {
+                        tracing::warn!(error = %e, ?priority, "setting a reader thread's I/O class failed");
+                    }
                     let mut buf = AlignedBuf::new(len)?;
                     let mut pieces = 1;
                     while buf.fill_piece(fd.as_raw_fd(), pos, pace())? {
@@ -480,7 +497,7 @@ mod tests {
 
     /// A direct file of `len` bytes (a multiple of the block size) holding [`pattern`].
     async fn direct_file(dir: &std::path::Path, len: usize) -> Rc<dyn StorageFile> {
-        let io = GlommioStorage;
+        let io = GlommioStorage::new(crate::io::ReadPriority::Idle);
         let f = io
             .open(dir.join("seg.log"), FileKind::Direct, true)
             .await

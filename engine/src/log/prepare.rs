@@ -35,7 +35,7 @@
 
 use super::{recycle, Segment, SEGMENT_SUFFIX};
 use crate::commit::{DirSync, Event};
-use crate::io::Storage;
+use crate::io::{slow, Storage};
 use crate::log::recovery::now_ms;
 use crate::log::recovery::{create_segment, open_preallocated};
 use crate::log::zero_ahead::{zero_buf, QuietWatch, QUIET_POLL};
@@ -92,6 +92,7 @@ impl PreparedSegment {
 impl Inner {
     /// Ends the active segment and starts the next. Called with the append lock held.
     pub(crate) async fn roll(self: &Rc<Self>) -> Result<(), EngineError> {
+        let started = std::time::Instant::now();
         let start = {
             let mut st = self.state.borrow_mut();
             st.appender.seal_segment(&*self.io, self.epoch, now_ms());
@@ -134,17 +135,19 @@ impl Inner {
                         .await
                         .map_err(|e| EngineError::io("rename prepared segment", &p.seg.path, e))?;
                     let seg = Segment::new(start, p.seg.size, p.seg.file.clone(), path, now_ms());
-                    (seg, p.written.get().min(p.seg.size))
+                    let how = if p.recycled { "recycled" } else { "prepared" };
+                    (seg, p.written.get().min(p.seg.size), how)
                 }
                 None => (
                     create_segment(&*self.io, &dir, start, self.cfg.segment_size_bytes).await?,
                     0,
+                    "created",
                 ),
             };
             Ok::<_, EngineError>(seg)
         }
         .await;
-        let (seg, written) = match created {
+        let (seg, written, how) = match created {
             Ok(s) => s,
             Err(e) => {
                 // The appender is sealed with nowhere to go: refuse appends until reopened.
@@ -161,8 +164,7 @@ impl Inner {
         *self.gc.dir_sync.borrow_mut() = Some(ds.clone());
         let (weak, io) = (Rc::downgrade(self), self.io.clone());
         glommio::spawn_local(async move {
-            let r = io
-                .sync_dir(dir.clone())
+            let r = slow::watch("directory sync", &dir, 0, io.sync_dir(dir.clone()))
                 .await
                 .map_err(|e| EngineError::io("sync directory", &dir, e).to_string());
             if let (Err(cause), Some(inner)) = (&r, weak.upgrade()) {
@@ -178,6 +180,15 @@ impl Inner {
         st.segments.map.insert(start, seg.clone());
         st.appender.start_segment(&*self.io, seg);
         self.prep_started.set(false);
+        // One line per segment (a GiB by default), as Kafka logs its rolls: how long appends
+        // waited, and how much of the new file appends will overwrite rather than convert.
+        tracing::info!(
+            start,
+            file = how,
+            written_ahead = written,
+            took_us = started.elapsed().as_micros() as u64,
+            "rolled to a new segment"
+        );
         Ok(())
     }
 
@@ -369,7 +380,7 @@ async fn zero_fill_when_quiet(
         let n = (size - pos).min(ZERO_CHUNK_BYTES);
         let b = zero_buf(io, buf.take(), n as usize);
         p.io_inflight.set(true);
-        let r = p.seg.file.write_at(b, pos).await;
+        let r = slow::watch("zero write", &p.seg.path, pos, p.seg.file.write_at(b, pos)).await;
         let r = match r {
             Ok(back) => {
                 buf = back;
@@ -377,10 +388,12 @@ async fn zero_fill_when_quiet(
                     // The roll waits for us: the appender's own fdatasyncs cover the file now.
                     Ok(())
                 } else {
-                    p.seg.file.fdatasync().await.map(|()| {
-                        pos += n;
-                        p.written.set(pos);
-                    })
+                    slow::watch("fdatasync", &p.seg.path, 0, p.seg.file.fdatasync())
+                        .await
+                        .map(|()| {
+                            pos += n;
+                            p.written.set(pos);
+                        })
                 }
             }
             Err(e) => Err(e),

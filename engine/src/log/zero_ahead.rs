@@ -32,7 +32,7 @@
 //! reports unwritten extents as holes), and zeroing resumes from there.
 
 use crate::commit::Event;
-use crate::io::{align_up, IoBuf, Storage};
+use crate::io::{align_up, slow, IoBuf, Storage};
 use crate::log::prepare::ZERO_CHUNK_BYTES;
 use crate::shard::{live, Inner};
 use std::cell::Cell;
@@ -186,7 +186,8 @@ async fn run(weak: Weak<Inner>) {
         // holds back any write reaching into [from, to).
         inner.gc.set_zero_write_from(Some(from));
         drop(inner);
-        let r = seg.file.write_at(b, from - seg.start).await;
+        let pos = from - seg.start;
+        let r = slow::watch("zero write", &seg.path, pos, seg.file.write_at(b, pos)).await;
         let Some(inner) = weak.upgrade() else { return };
         inner.gc.set_zero_write_from(None);
         inner.zero_ahead.done.notify();
@@ -212,7 +213,8 @@ async fn run(weak: Weak<Inner>) {
         // while it runs counts only after it.
         let id = inner.gc.begin_background_sync();
         drop(inner);
-        let r = seg.file.fdatasync().await.map_err(|e| {
+        let r = slow::watch("fdatasync", &seg.path, 0, seg.file.fdatasync()).await;
+        let r = r.map_err(|e| {
             format!(
                 "fdatasync of {} after zero-filling failed: {e}",
                 seg.path.display()
