@@ -91,6 +91,12 @@ pub async fn handle(
             &crate::admin::describe_cluster(&core, r, v),
             "DescribeCluster",
         ),
+        Request::DeleteRecords(r) => one(
+            cid,
+            v,
+            &crate::delete_records::handle(&core, r).await,
+            "DeleteRecords",
+        ),
         Request::InitProducerId(r) => one(
             cid,
             v,

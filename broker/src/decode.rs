@@ -54,6 +54,7 @@ pub enum Request {
     ListGroups(ListGroupsRequest),
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
+    DeleteRecords(DeleteRecordsRequest),
 }
 
 /// Why a frame is not a request we serve.
@@ -159,6 +160,7 @@ fn decode_body(key: ApiKey, v: i16, b: &mut Bytes) -> anyhow::Result<Request> {
         ApiKey::ListGroups => Request::ListGroups(ListGroupsRequest::decode(b, v)?),
         ApiKey::DescribeGroups => Request::DescribeGroups(DescribeGroupsRequest::decode(b, v)?),
         ApiKey::DeleteGroups => Request::DeleteGroups(DeleteGroupsRequest::decode(b, v)?),
+        ApiKey::DeleteRecords => Request::DeleteRecords(DeleteRecordsRequest::decode(b, v)?),
         other => anyhow::bail!("api {other:?} is not served"),
     })
 }

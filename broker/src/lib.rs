@@ -19,6 +19,7 @@ pub mod config;
 pub mod conn;
 pub mod core;
 pub mod decode;
+pub mod delete_records;
 pub mod errors;
 pub mod fetch;
 pub mod group;

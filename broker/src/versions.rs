@@ -35,6 +35,7 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 /// Produce versions below this are advertised but refused (message formats 0 and 1).

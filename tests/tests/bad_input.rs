@@ -235,6 +235,66 @@ fn produce_one(broker: &Broker, topic: &str, value: &[u8]) {
     deliveries.assert_no_failures();
 }
 
+/// DeleteRecords v0 for partitions of `topic`: (error code, low watermark) of each, as
+/// answered.
+fn delete_records(broker: &Broker, topic: &str, at: &[(i32, i64)]) -> Vec<(i16, i64)> {
+    let mut body = Vec::new();
+    body.extend(1i32.to_be_bytes()); // one topic
+    body.extend(i16::try_from(topic.len()).expect("len").to_be_bytes());
+    body.extend(topic.as_bytes());
+    body.extend(i32::try_from(at.len()).expect("count").to_be_bytes());
+    for (partition, offset) in at {
+        body.extend(partition.to_be_bytes());
+        body.extend(offset.to_be_bytes());
+    }
+    body.extend(30_000i32.to_be_bytes()); // timeout ms
+    let mut stream = connect(broker);
+    stream
+        .write_all(&frame(21, 0, 7, false, &body))
+        .expect("sending DeleteRecords");
+    let Reply::Response(r) = read_reply(&mut stream) else {
+        panic!("DeleteRecords got no response");
+    };
+    // correlation id, throttle time, topic count, name, partition count, then per partition:
+    // index, low watermark, error code.
+    assert_eq!(i32_at(&r, 0), 7, "correlation id");
+    assert_eq!(i32_at(&r, 8), 1, "topic count");
+    let name_len = usize::try_from(i16_at(&r, 12)).expect("name length");
+    let mut pos = 14 + name_len;
+    assert_eq!(i32_at(&r, pos), i32::try_from(at.len()).expect("count"));
+    pos += 4;
+    at.iter()
+        .map(|(partition, _)| {
+            assert_eq!(i32_at(&r, pos), *partition, "partition index");
+            let low = i64::from_be_bytes(r[pos + 4..pos + 12].try_into().expect("8 bytes"));
+            let error = i16_at(&r, pos + 12);
+            pos += 14;
+            (error, low)
+        })
+        .collect()
+}
+
+#[test]
+fn delete_records_of_unknown_partitions_and_bad_offsets_get_error_codes() {
+    let broker = Broker::start();
+    produce_one(&broker, "dr-known", b"x"); // auto-created with one partition, end offset 1
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    const OFFSET_OUT_OF_RANGE: i16 = 1;
+    assert_eq!(
+        delete_records(&broker, "dr-known", &[(5, 0), (0, 2), (0, -7), (0, 1)]),
+        vec![
+            (UNKNOWN_TOPIC_OR_PARTITION, -1),
+            (OFFSET_OUT_OF_RANGE, -1),
+            (OFFSET_OUT_OF_RANGE, -1),
+            (0, 1),
+        ]
+    );
+    assert_eq!(
+        delete_records(&broker, "dr-no-such-topic", &[(0, 0)]),
+        vec![(UNKNOWN_TOPIC_OR_PARTITION, -1)]
+    );
+}
+
 #[test]
 fn garbage_frames_are_refused_and_the_broker_keeps_serving() {
     let mut broker = Broker::start();

@@ -1,0 +1,135 @@
+//! DeleteRecords through librdkafka's AdminClient against the real binary: partitions on two
+//! cores lose their records below the given offsets (or all of them), consumers start at the
+//! new log start, bad offsets are refused, and the starts survive a restart. (librdkafka
+//! refuses unknown partitions itself; tests/tests/bad_input.rs sends those raw.)
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::BaseRecord;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use ringmq_system_tests::{
+    block_on, flush, send, wait_until, Broker, BrokerOptions, DeliveryLog, DEADLINE,
+};
+
+const TOPIC: &str = "delete-records";
+const RECORDS: i64 = 50;
+
+fn options() -> AdminOptions {
+    AdminOptions::new().request_timeout(Some(DEADLINE))
+}
+
+fn watermarks(broker: &Broker, partition: i32) -> (i64, i64) {
+    broker
+        .consumer(&[])
+        .fetch_watermarks(TOPIC, partition, DEADLINE)
+        .expect("fetching watermarks")
+}
+
+/// Asks to delete below `offset` in each (partition, offset); returns each partition's low
+/// watermark or error code, in order.
+fn delete(
+    broker: &Broker,
+    topic: &str,
+    at: &[(i32, Offset)],
+) -> Vec<Result<i64, RDKafkaErrorCode>> {
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in at {
+        list.add_partition_offset(topic, *partition, *offset)
+            .expect("offset in list");
+    }
+    let answer =
+        block_on(broker.admin().delete_records(&list, &options())).expect("delete_records");
+    at.iter()
+        .map(|(partition, _)| {
+            let elem = answer
+                .find_partition(topic, *partition)
+                .expect("a result per partition");
+            match elem.error() {
+                Ok(()) => match elem.offset() {
+                    Offset::Offset(low) => Ok(low),
+                    other => panic!("low watermark {other:?}"),
+                },
+                Err(KafkaError::OffsetFetch(code)) => Err(code),
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        })
+        .collect()
+}
+
+/// The offsets a fresh consumer reads from partition `partition` from the beginning up to
+/// `end`.
+fn offsets_from_beginning(broker: &Broker, partition: i32, end: i64) -> Vec<i64> {
+    let consumer: BaseConsumer = broker.consumer(&[]);
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(TOPIC, partition, Offset::Beginning)
+        .expect("offset in list");
+    consumer.assign(&list).expect("assign");
+    let mut seen = Vec::new();
+    wait_until(DEADLINE, "records up to the end", || {
+        while let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            seen.push(m.expect("a record").offset());
+        }
+        (seen.last() == Some(&(end - 1))).then_some(())
+    });
+    seen
+}
+
+#[test]
+fn delete_records_moves_log_starts_and_keeps_them() {
+    let mut broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let topic = NewTopic::new(TOPIC, 2, TopicReplication::Fixed(1));
+    let created =
+        block_on(broker.admin().create_topics([&topic], &options())).expect("create_topics");
+    assert_eq!(created, vec![Ok(TOPIC.to_string())]);
+    let deliveries = DeliveryLog::new();
+    {
+        // Small batches, so that offset 20 falls inside the log rather than at its start.
+        let producer = broker.producer(&[("acks", "all"), ("linger.ms", "0")], &deliveries);
+        for i in 0..RECORDS {
+            for partition in 0..2 {
+                let payload = format!("r{i}");
+                send(
+                    &producer,
+                    BaseRecord::to(TOPIC)
+                        .partition(partition)
+                        .payload(payload.as_bytes()),
+                );
+            }
+        }
+        flush(&producer);
+    }
+    deliveries.assert_no_failures();
+    assert_eq!(watermarks(&broker, 0), (0, RECORDS));
+
+    // Partition 0 below offset 20, partition 1 everything (Offset::End is -1, the high
+    // watermark). The partitions live on the two cores.
+    assert_eq!(
+        delete(&broker, TOPIC, &[(0, Offset::Offset(20)), (1, Offset::End)]),
+        vec![Ok(20), Ok(RECORDS)]
+    );
+    assert_eq!(watermarks(&broker, 0), (20, RECORDS));
+    assert_eq!(watermarks(&broker, 1), (RECORDS, RECORDS));
+    let read = offsets_from_beginning(&broker, 0, RECORDS);
+    assert_eq!(read, (20..RECORDS).collect::<Vec<_>>(), "reads start at 20");
+
+    // Past the high watermark: OFFSET_OUT_OF_RANGE, nothing moves. Below the start: no change.
+    assert_eq!(
+        delete(&broker, TOPIC, &[(0, Offset::Offset(RECORDS + 1))]),
+        vec![Err(RDKafkaErrorCode::OffsetOutOfRange)]
+    );
+    assert_eq!(
+        delete(&broker, TOPIC, &[(0, Offset::Offset(5))]),
+        vec![Ok(20)]
+    );
+    assert_eq!(watermarks(&broker, 0), (20, RECORDS));
+
+    // The starts are kept across a restart (a clean stop checkpoints them).
+    let status = broker.terminate();
+    assert!(status.success(), "clean exit: {status:?}");
+    broker.restart();
+    assert_eq!(watermarks(&broker, 0), (20, RECORDS));
+    assert_eq!(watermarks(&broker, 1), (RECORDS, RECORDS));
+}
