@@ -1,10 +1,12 @@
 //! Metadata and admin APIs: Metadata (with topic auto-creation), CreateTopics, DeleteTopics,
-//! CreatePartitions, DescribeConfigs, DescribeCluster, InitProducerId.
+//! CreatePartitions, DescribeConfigs, DescribeCluster, InitProducerId. AlterConfigs and
+//! IncrementalAlterConfigs are in [`crate::alter_configs`].
 //!
 //! Every change goes to core 0, the single metadata writer ([`Core::change_metadata`]), which
 //! logs it durably and installs the new snapshot on every core before answering, so a client
 //! that created a topic can produce to it through any core at once.
 
+use crate::alter_configs::ALTERABLE_TOPIC_CONFIGS;
 use crate::core::{current, futures_join_all, Core, CoreError};
 use crate::errors;
 use crate::metadata::{
@@ -33,9 +35,9 @@ use std::sync::Arc;
 pub const NODE_ID: i32 = 0;
 /// "Authorized operations not requested" marker.
 const OPERATIONS_OMITTED: i32 = i32::MIN;
-/// DescribeConfigs resource types.
-const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
+/// Config resource types (DescribeConfigs, AlterConfigs, IncrementalAlterConfigs).
+pub(crate) const RESOURCE_TOPIC: i8 = 2;
+pub(crate) const RESOURCE_BROKER: i8 = 4;
 /// DescribeConfigs config sources.
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_DEFAULT: i8 = 5;
@@ -123,7 +125,7 @@ fn plan_create(
             ));
             continue;
         }
-        if let Err(msg) = crate::topic_retention::topic_limits(&spec.configs) {
+        if let Err(msg) = crate::alter_configs::validate_topic_configs(&spec.configs) {
             results.push(refuse(errors::INVALID_CONFIG, msg));
             continue;
         }
@@ -645,7 +647,10 @@ pub fn describe_configs(
                     DescribeConfigsResourceResult::default()
                         .with_name(s(&k))
                         .with_value(Some(s(&v)))
-                        .with_read_only(r.resource_type == RESOURCE_BROKER)
+                        .with_read_only(
+                            r.resource_type == RESOURCE_BROKER
+                                || !ALTERABLE_TOPIC_CONFIGS.contains(&k.as_str()),
+                        )
                         .with_config_source(if explicit {
                             SOURCE_TOPIC
                         } else {

@@ -85,6 +85,18 @@ pub async fn handle(
             &crate::admin::describe_configs(&core, r, v),
             "DescribeConfigs",
         ),
+        Request::AlterConfigs(r) => one(
+            cid,
+            v,
+            &crate::alter_configs::alter_configs(&core, r, v).await,
+            "AlterConfigs",
+        ),
+        Request::IncrementalAlterConfigs(r) => one(
+            cid,
+            v,
+            &crate::alter_configs::incremental_alter_configs(&core, r, v).await,
+            "IncrementalAlterConfigs",
+        ),
         Request::DescribeCluster(r) => one(
             cid,
             v,

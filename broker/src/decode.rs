@@ -42,6 +42,8 @@ pub enum Request {
     DeleteTopics(DeleteTopicsRequest),
     CreatePartitions(CreatePartitionsRequest),
     DescribeConfigs(DescribeConfigsRequest),
+    AlterConfigs(AlterConfigsRequest),
+    IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
     InitProducerId(InitProducerIdRequest),
     FindCoordinator(FindCoordinatorRequest),
@@ -148,6 +150,10 @@ fn decode_body(key: ApiKey, v: i16, b: &mut Bytes) -> anyhow::Result<Request> {
             Request::CreatePartitions(CreatePartitionsRequest::decode(b, v)?)
         }
         ApiKey::DescribeConfigs => Request::DescribeConfigs(DescribeConfigsRequest::decode(b, v)?),
+        ApiKey::AlterConfigs => Request::AlterConfigs(AlterConfigsRequest::decode(b, v)?),
+        ApiKey::IncrementalAlterConfigs => {
+            Request::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::decode(b, v)?)
+        }
         ApiKey::DescribeCluster => Request::DescribeCluster(DescribeClusterRequest::decode(b, v)?),
         ApiKey::InitProducerId => Request::InitProducerId(InitProducerIdRequest::decode(b, v)?),
         ApiKey::FindCoordinator => Request::FindCoordinator(FindCoordinatorRequest::decode(b, v)?),

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod admin;
+pub mod alter_configs;
 pub use ringmq_wire::alloc;
 pub mod api;
 pub mod config;

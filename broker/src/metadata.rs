@@ -99,6 +99,18 @@ pub enum MetaEvent {
     TopicDeleted {
         name: String,
     },
+    /// A topic's explicit configs after AlterConfigs or IncrementalAlterConfigs: the whole set,
+    /// replacing the one it had (a key not in `configs` takes the broker's default). A snapshot
+    /// needs no event of its own for it: `TopicCreated` carries the topic's current configs.
+    ///
+    /// Added in session 8: an older binary cannot read this event (its replay fails with
+    /// `BadRecord` and the broker does not start) while the metadata log holds one, that is
+    /// until a snapshot written after the last such event (compaction) has become the log's
+    /// durable start.
+    TopicConfigsChanged {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
     /// A producer id handed out by InitProducerId (never handed out again).
     ProducerIdAllocated {
         id: i64,
@@ -200,6 +212,13 @@ impl Snapshot {
                     .remove(name)
                     .ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
                 self.by_id.remove(&t.id);
+            }
+            MetaEvent::TopicConfigsChanged { name, configs } => {
+                let t = self
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
+                Arc::make_mut(t).configs = configs.clone();
             }
             MetaEvent::ProducerIdAllocated {
                 id,
@@ -551,6 +570,10 @@ mod tests {
                 added,
             },
         );
+        push(&mut s, configs_changed("a", &[("retention.ms", "60000")]));
+        push(&mut s, configs_changed("b", &[("retention.bytes", "1000")]));
+        push(&mut s, configs_changed("b", &[("retention.ms", "5")]));
+        push(&mut s, configs_changed("c", &[("retention.ms", "7")]));
         push(&mut s, MetaEvent::TopicDeleted { name: "c".into() });
         for id in 0..5 {
             push(
@@ -571,6 +594,16 @@ mod tests {
             },
         );
         events
+    }
+
+    fn configs_changed(name: &str, configs: &[(&str, &str)]) -> MetaEvent {
+        MetaEvent::TopicConfigsChanged {
+            name: name.into(),
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
     }
 
     fn replay(events: &[MetaEvent]) -> Snapshot {
@@ -635,6 +668,42 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.next_producer_id, 7);
+    }
+
+    /// Catches a replay that merges the new set into the old one (an AlterConfigs that drops
+    /// a key would bring it back after a restart), a change that leaks to another topic, and
+    /// a snapshot that loses altered configs (TopicCreated written from the configs given at
+    /// creation).
+    #[test]
+    fn config_changes_replace_the_set_replay_and_survive_a_snapshot() {
+        let full = replay(&history());
+        let configs = |s: &Snapshot, t: &str| s.topic(t).unwrap().configs.clone();
+        let expected: BTreeMap<String, String> = [("retention.ms".to_string(), "5".to_string())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            configs(&full, "b"),
+            expected,
+            "the last set replaces the first"
+        );
+        assert_eq!(configs(&full, "a").get("retention.ms").unwrap(), "60000");
+        assert!(full.topic("c").is_none());
+
+        let batch = encode_events(&full.snapshot_events());
+        let from_snapshot = replay(&decode_events(&batch).unwrap());
+        assert_eq!(configs(&from_snapshot, "b"), expected);
+        assert_eq!(configs(&from_snapshot, "a"), configs(&full, "a"));
+
+        // A change to a topic that is not there is an error on replay, not a new topic.
+        let mut s = from_snapshot;
+        assert_eq!(
+            s.apply(&configs_changed("c", &[])),
+            Err(MetaError::UnknownTopic("c".into()))
+        );
+        // Back to no explicit configs at all.
+        s.apply(&configs_changed("b", &[])).unwrap();
+        assert!(configs(&s, "b").is_empty());
+        assert_eq!(configs(&s, "a").get("retention.ms").unwrap(), "60000");
     }
 
     #[test]

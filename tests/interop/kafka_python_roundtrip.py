@@ -64,7 +64,8 @@ def main():
 
 
 # ---------------------------------------------------------------------------------------------
-# admin: CreateTopics, Metadata, DescribeConfigs, CreatePartitions, DeleteTopics, DescribeCluster
+# admin: CreateTopics, Metadata, DescribeConfigs, AlterConfigs, CreatePartitions, DeleteTopics,
+# DescribeCluster
 
 
 def admin_scenario(bootstrap):
@@ -82,14 +83,17 @@ def admin_scenario(bootstrap):
     summary["listed_after_create"] = topic in admin.list_topics()
     summary["partitions_after_create"] = partition_count(admin, topic)
 
-    config_entries = {}
-    for response in admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)]):
-        for resource in response.resources:
-            error_code, _message, _type, name, entries = resource[:5]
-            summary["describe_configs_error"] = error_name(error_code)
-            summary["describe_configs_resource"] = name
-            config_entries.update({entry[0]: entry[1] for entry in entries})
+    error_code, name, config_entries = described_configs(admin, topic)
+    summary["describe_configs_error"] = error_name(error_code)
+    summary["describe_configs_resource"] = name
     summary["retention_ms"] = config_entries.get("retention.ms")
+
+    # AlterConfigs (v1 from kafka-python) replaces the topic's explicit configs.
+    summary["alter_configs"] = alter_configs(admin, topic, {"retention.bytes": "1048576"})
+    summary["alter_configs_bad_value"] = alter_configs(admin, topic, {"retention.ms": "soon"})
+    _code, _name, config_entries = described_configs(admin, topic)
+    summary["retention_bytes_after_alter"] = config_entries.get("retention.bytes")
+    summary["retention_ms_after_alter"] = config_entries.get("retention.ms")
 
     summary["create_partitions"] = outcome(
         admin.create_partitions, {topic: NewPartitions(total_count=5)}
@@ -120,6 +124,24 @@ def outcome(request, argument):
     except errors.KafkaError as error:
         return type(error).__name__
     return "NoError"
+
+
+def described_configs(admin, topic):
+    """DescribeConfigs of one topic: (error code, resource name, {key: value})."""
+    found = None
+    for response in admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)]):
+        for resource in response.resources:
+            error_code, _message, _type, name, entries = resource[:5]
+            found = (error_code, name, {entry[0]: entry[1] for entry in entries})
+    return found
+
+
+def alter_configs(admin, topic, configs):
+    """The error name AlterConfigs answered for `topic` (kafka-python returns the response
+    rather than raising)."""
+    response = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    ((error_code, _message, _type, _name),) = [tuple(r)[:4] for r in response.resources]
+    return error_name(error_code)
 
 
 def partition_count(admin, topic):

@@ -348,6 +348,45 @@ impl Broker {
         self.metadata_partitions(topic, false)
     }
 
+    /// Earliest and end offsets of one partition (ListOffsets through librdkafka).
+    pub fn watermarks(&self, topic: &str, partition: i32) -> (i64, i64) {
+        let consumer = self.consumer(&[("group.id", "watermarks")]);
+        consumer
+            .fetch_watermarks(topic, partition, DEADLINE)
+            .expect("watermarks")
+    }
+
+    /// Into each partition of each topic: five records stamped `age_ms` ago ("old-0".."old-4"),
+    /// then five stamped now ("new-0".."new-4"), the old ones acknowledged (acks=all) before
+    /// the new ones are sent, so the two never share a batch. A retention limit between the
+    /// two ages moves each partition's earliest offset from 0 to 5.
+    pub fn produce_old_then_new(&self, topics: &[&str], partitions: i32, age_ms: i64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        let log = DeliveryLog::new();
+        let producer = self.producer(&[("acks", "all")], &log);
+        for (stamp, tag) in [(now - age_ms, "old"), (now, "new")] {
+            for topic in topics {
+                for partition in 0..partitions {
+                    for i in 0..5 {
+                        let payload = format!("{tag}-{i}");
+                        crate::send(
+                            &producer,
+                            rdkafka::producer::BaseRecord::to(topic)
+                                .partition(partition)
+                                .payload(payload.as_bytes())
+                                .timestamp(stamp),
+                        );
+                    }
+                }
+            }
+            crate::flush(&producer);
+        }
+        log.assert_no_failures();
+    }
+
     fn metadata_partitions(&self, topic: &str, auto_create: bool) -> usize {
         let auto_create = if auto_create { "true" } else { "false" };
         let consumer = self.consumer(&[("allow.auto.create.topics", auto_create)]);

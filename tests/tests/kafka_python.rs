@@ -1,7 +1,7 @@
 //! kafka-python, a pure-Python client with its own implementation of the protocol, against the
-//! real broker: topic administration, produce with every acks setting and codec, keyed order,
-//! ListOffsets by time, and a consumer group of two whose members commit as they go while one
-//! of them leaves mid-stream.
+//! real broker: topic administration (AlterConfigs included), produce with every acks setting
+//! and codec, keyed order, ListOffsets by time, and a consumer group of two whose members
+//! commit as they go while one of them leaves mid-stream.
 //!
 //! The client runs `tests/interop/kafka_python_roundtrip.py` in a virtual environment that the
 //! first test builds under the target directory from `tests/interop/requirements.txt` (pinned
@@ -62,6 +62,15 @@ fn kafka_python_admin_client_manages_topics() {
     assert_eq!(s["describe_configs_error"], json!("NoError"));
     assert_eq!(s["describe_configs_resource"], json!("kp-admin"));
     assert_eq!(s["retention_ms"], json!("3600000"));
+    // AlterConfigs v1 replaces the explicit set: retention.ms, not given, is the broker's
+    // default again (7 days); a bad value is refused and changes nothing.
+    assert_eq!(s["alter_configs"], json!("NoError"));
+    assert_eq!(
+        s["alter_configs_bad_value"],
+        json!("InvalidConfigurationError")
+    );
+    assert_eq!(s["retention_bytes_after_alter"], json!("1048576"));
+    assert_eq!(s["retention_ms_after_alter"], json!("604800000"));
     assert_eq!(s["create_partitions"], json!("NoError"));
     assert_eq!(s["partitions_after_grow"], json!(5));
     assert_eq!(s["cluster_brokers"], json!([broker.bootstrap()]));

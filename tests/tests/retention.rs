@@ -24,10 +24,7 @@ const MAX_ROUNDS: u64 = 30;
 
 /// Earliest and end offsets of partition 0.
 fn watermarks(broker: &Broker, topic: &str) -> (i64, i64) {
-    let consumer = broker.consumer(&[("group.id", "watermarks")]);
-    consumer
-        .fetch_watermarks(topic, 0, DEADLINE)
-        .expect("watermarks")
+    broker.watermarks(topic, 0)
 }
 
 fn earliest(broker: &Broker, topic: &str) -> i64 {
@@ -138,27 +135,7 @@ fn a_topics_retention_ms_moves_its_earliest_offset() {
 
     // Five records stamped two minutes ago, then five stamped now, in separate batches; the
     // same into a topic without a limit of its own.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    let log = DeliveryLog::new();
-    let producer = broker.producer(&[("acks", "all")], &log);
-    for (stamp, tag) in [(now - 120_000, "old"), (now, "new")] {
-        for topic in ["short", "long"] {
-            for i in 0..5 {
-                let payload = format!("{tag}-{i}");
-                send(
-                    &producer,
-                    BaseRecord::to(topic)
-                        .payload(payload.as_bytes())
-                        .timestamp(stamp),
-                );
-            }
-        }
-        flush(&producer);
-    }
-    log.assert_no_failures();
+    broker.produce_old_then_new(&["short", "long"], 1, 120_000);
 
     wait_until(DEADLINE, "the old records of `short` expire", || {
         (earliest(&broker, "short") == 5).then_some(())
