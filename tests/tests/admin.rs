@@ -27,13 +27,6 @@ fn listed_topics(broker: &Broker) -> Vec<String> {
         .collect()
 }
 
-fn high_watermark(broker: &Broker, topic: &str, partition: i32) -> (i64, i64) {
-    let consumer = broker.consumer(&[]);
-    consumer
-        .fetch_watermarks(topic, partition, DEADLINE)
-        .expect("fetching watermarks")
-}
-
 #[test]
 fn create_describe_grow_and_delete_topics() {
     let broker = Broker::start_with(BrokerOptions::default().cores(2));
@@ -106,7 +99,7 @@ fn create_describe_grow_and_delete_topics() {
         flush(&producer);
     }
     deliveries.assert_no_failures();
-    assert_eq!(high_watermark(&broker, "admin-topic", 4), (0, 1));
+    assert_eq!(broker.watermarks("admin-topic", 4), (0, 1));
 
     // Shrinking is refused.
     let shrink = NewPartitions::new("admin-topic", 2);
@@ -132,7 +125,7 @@ fn create_describe_grow_and_delete_topics() {
     assert_eq!(results, vec![Ok("admin-topic".to_string())]);
     assert_eq!(broker.partition_count("admin-topic"), 1);
     assert_eq!(
-        high_watermark(&broker, "admin-topic", 0),
+        broker.watermarks("admin-topic", 0),
         (0, 0),
         "recreated topic is empty"
     );
@@ -217,11 +210,7 @@ fn list_offsets_earliest_latest_and_by_timestamp() {
     let broker = Broker::start();
     let topic = "list-offsets";
     produce_timestamped(&broker, topic);
-    assert_eq!(
-        high_watermark(&broker, topic, 0),
-        (0, 40),
-        "earliest and latest"
-    );
+    assert_eq!(broker.watermarks(topic, 0), (0, 40), "earliest and latest");
 
     let consumer: BaseConsumer = broker.consumer(&[]);
     let cases = [

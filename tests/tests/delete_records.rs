@@ -21,13 +21,6 @@ fn options() -> AdminOptions {
     AdminOptions::new().request_timeout(Some(DEADLINE))
 }
 
-fn watermarks(broker: &Broker, partition: i32) -> (i64, i64) {
-    broker
-        .consumer(&[])
-        .fetch_watermarks(TOPIC, partition, DEADLINE)
-        .expect("fetching watermarks")
-}
-
 /// Asks to delete below `offset` in each (partition, offset); returns each partition's low
 /// watermark or error code, in order.
 fn delete(
@@ -102,7 +95,7 @@ fn delete_records_moves_log_starts_and_keeps_them() {
         flush(&producer);
     }
     deliveries.assert_no_failures();
-    assert_eq!(watermarks(&broker, 0), (0, RECORDS));
+    assert_eq!(broker.watermarks(TOPIC, 0), (0, RECORDS));
 
     // Partition 0 below offset 20, partition 1 everything (Offset::End is -1, the high
     // watermark). The partitions live on the two cores.
@@ -110,8 +103,8 @@ fn delete_records_moves_log_starts_and_keeps_them() {
         delete(&broker, TOPIC, &[(0, Offset::Offset(20)), (1, Offset::End)]),
         vec![Ok(20), Ok(RECORDS)]
     );
-    assert_eq!(watermarks(&broker, 0), (20, RECORDS));
-    assert_eq!(watermarks(&broker, 1), (RECORDS, RECORDS));
+    assert_eq!(broker.watermarks(TOPIC, 0), (20, RECORDS));
+    assert_eq!(broker.watermarks(TOPIC, 1), (RECORDS, RECORDS));
     let read = offsets_from_beginning(&broker, 0, RECORDS);
     assert_eq!(read, (20..RECORDS).collect::<Vec<_>>(), "reads start at 20");
 
@@ -124,12 +117,12 @@ fn delete_records_moves_log_starts_and_keeps_them() {
         delete(&broker, TOPIC, &[(0, Offset::Offset(5))]),
         vec![Ok(20)]
     );
-    assert_eq!(watermarks(&broker, 0), (20, RECORDS));
+    assert_eq!(broker.watermarks(TOPIC, 0), (20, RECORDS));
 
     // The starts are kept across a restart (a clean stop checkpoints them).
     let status = broker.terminate();
     assert!(status.success(), "clean exit: {status:?}");
     broker.restart();
-    assert_eq!(watermarks(&broker, 0), (20, RECORDS));
-    assert_eq!(watermarks(&broker, 1), (RECORDS, RECORDS));
+    assert_eq!(broker.watermarks(TOPIC, 0), (20, RECORDS));
+    assert_eq!(broker.watermarks(TOPIC, 1), (RECORDS, RECORDS));
 }
