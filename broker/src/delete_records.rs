@@ -1,8 +1,8 @@
 //! DeleteRecords (`kafka-delete-records`, AdminClient deleteRecords): moves partitions' log
 //! start offsets forward. Records below the new start are no longer served (a fetch below it
-//! gets OFFSET_OUT_OF_RANGE, ListOffsets earliest answers it) and no longer hold their
-//! segments against retention, which frees the disk once whole segments are below every
-//! partition's start (the engine's segments hold all of a core's partitions).
+//! gets OFFSET_OUT_OF_RANGE, ListOffsets earliest answers it); the engine removes a segment
+//! once no partition of its core retains a batch in it (one commit log holds all of a core's
+//! partitions), within its next retention pass.
 //!
 //! Per partition, as Kafka answers: an offset of -1 means the high watermark (delete
 //! everything); any other negative offset, or one past the high watermark, is

@@ -9,9 +9,11 @@
 //!      Store::expire(queue, now - retention.ms, retention.bytes)   (whole batches only)
 //! ```
 //!
-//! The bytes themselves go with the core's segment retention (`--retention-ms`,
-//! `--retention-bytes`): one commit log holds every partition of a core, so a partition's
-//! retention is logical and only the core's oldest whole segments are ever removed. Time
+//! The bytes themselves go when no partition of the core needs them: one commit log holds
+//! every partition of a core, so the engine removes its oldest whole segments once they hold
+//! no retained batch of any partition (or by the core's own `--retention-ms` /
+//! `--retention-bytes`). A busy partition with a short retention next to a quiet one with a
+//! long one keeps the quiet one's segments, and everything written after them, on disk. Time
 //! limits use each batch's max timestamp (CreateTime as the producer set it, or the broker's
 //! clock for LogAppendTime topics), like Kafka's time index; the newest batch of a partition
 //! always stays under a size limit, as Kafka keeps the active segment. The moved starts are

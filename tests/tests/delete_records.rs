@@ -1,6 +1,7 @@
 //! DeleteRecords through librdkafka's AdminClient against the real binary: partitions on two
 //! cores lose their records below the given offsets (or all of them), consumers start at the
-//! new log start, bad offsets are refused, and the starts survive a restart. (librdkafka
+//! new log start, bad offsets are refused, the starts survive a restart, and segments that no
+//! partition needs any more leave the disk. (librdkafka
 //! refuses unknown partitions itself; tests/tests/bad_input.rs sends those raw.)
 
 use std::time::Duration;
@@ -125,4 +126,67 @@ fn delete_records_moves_log_starts_and_keeps_them() {
     broker.restart();
     assert_eq!(broker.watermarks(TOPIC, 0), (20, RECORDS));
     assert_eq!(broker.watermarks(TOPIC, 1), (RECORDS, RECORDS));
+}
+
+/// Segment files (`*.log`) in every shard directory of the broker.
+fn segment_files(broker: &Broker) -> usize {
+    let mut n = 0;
+    for shard in std::fs::read_dir(broker.data_dir()).expect("data dir") {
+        let shard = shard.expect("entry").path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&shard).expect("shard dir") {
+            let name = f.expect("entry").file_name();
+            n += usize::from(name.to_string_lossy().ends_with(".log"));
+        }
+    }
+    n
+}
+
+/// Catches: deleted records that keep their segments on disk for ever when no age or size
+/// limit applies (only the core's own retention ever removed segments).
+#[test]
+fn segments_no_partition_needs_leave_the_disk() {
+    const SEGMENT_BYTES: u64 = 9 << 20;
+    const RECORD_BYTES: usize = 4000;
+    const RECORDS: i64 = 8000; // ~32 MB per partition: three to four segments
+    let broker = Broker::start_with(
+        BrokerOptions::default()
+            .cores(2)
+            .segment_size_bytes(SEGMENT_BYTES)
+            .arg("--retention-ms")
+            .arg("-1"),
+    );
+    let topic = NewTopic::new("space", 2, TopicReplication::Fixed(1));
+    block_on(broker.admin().create_topics([&topic], &options())).expect("create_topics");
+    let deliveries = DeliveryLog::new();
+    {
+        let producer = broker.producer(&[("acks", "1"), ("linger.ms", "5")], &deliveries);
+        let value = "s".repeat(RECORD_BYTES);
+        for _ in 0..RECORDS {
+            for partition in 0..2 {
+                send(
+                    &producer,
+                    BaseRecord::to("space")
+                        .partition(partition)
+                        .payload(value.as_bytes()),
+                );
+            }
+        }
+        flush(&producer);
+    }
+    deliveries.assert_no_failures();
+    let before = segment_files(&broker);
+    assert!(before >= 6, "{before} segment files");
+    assert_eq!(
+        delete(&broker, "space", &[(0, Offset::End), (1, Offset::End)]),
+        vec![Ok(RECORDS), Ok(RECORDS)]
+    );
+    // Within a retention pass or two (every 10 s), whatever holds only deleted records goes.
+    let after = wait_until(DEADLINE, "segments of deleted records removed", || {
+        let n = segment_files(&broker);
+        (n + 3 <= before).then_some(n)
+    });
+    println!("segment files: {before} -> {after}");
 }

@@ -304,7 +304,7 @@ impl Inner {
 /// all on its next periodic pass (one spare per roll is the steady state).
 async fn take_spare(weak: &Weak<Inner>) -> Option<Option<u64>> {
     let inner = live(weak)?;
-    let recycling = inner.cfg.recycle_segments && inner.retention_configured();
+    let recycling = inner.cfg.recycle_segments;
     if recycling && inner.spares.borrow().is_empty() {
         if let Err(e) = inner.enforce_retention().await {
             tracing::warn!(error = %e, "retention before preparing a segment failed");

@@ -1,4 +1,9 @@
-//! Retention: which whole segments to delete, oldest first, by age and by total size.
+//! Retention: which whole segments to delete, oldest first: by age, by total size, and every
+//! segment that holds no retained batch of any queue (all below their log starts, which
+//! `Shard::advance_log_start` and `Shard::expire` move, or of deleted queues), as Kafka deletes
+//! the segments below a partition's log start offset. The last rule runs whether or not age or
+//! size limits are configured: DeleteRecords, a topic's own retention and DeleteTopics free the
+//! disk once no queue needs a segment.
 //!
 //! Only a prefix of the log is ever deleted (never the active segment, nor a segment holding
 //! a retained batch of a pinned queue: `ShardConfig::pinned_queues`), so every queue's log
@@ -27,14 +32,7 @@ use crate::EngineError;
 use std::rc::Rc;
 
 impl Inner {
-    pub(crate) fn retention_configured(&self) -> bool {
-        self.cfg.retention_ms.is_some() || self.cfg.retention_bytes.is_some()
-    }
-
     pub(crate) async fn enforce_retention(self: &Rc<Self>) -> Result<(), EngineError> {
-        if !self.retention_configured() {
-            return Ok(());
-        }
         let _permit = self
             .retention_lock
             .acquire_permit(1)
@@ -55,11 +53,22 @@ impl Inner {
                 .min()
                 .and_then(|pos| st.segments.find(pos))
                 .map_or(u64::MAX, |seg| seg.start);
+            // Below the first retained batch of every live queue, no segment is needed.
+            let unreferenced_below = st
+                .queues
+                .values()
+                .filter(|q| !q.deleted)
+                .filter_map(|q| q.first_pos())
+                .min()
+                .unwrap_or(u64::MAX);
             let d = segments_to_delete(
                 &st.segments,
                 st.appender.segment().start.min(keep_from),
-                self.cfg.retention_ms,
-                self.cfg.retention_bytes,
+                Limits {
+                    retention_ms: self.cfg.retention_ms,
+                    retention_bytes: self.cfg.retention_bytes,
+                    unreferenced_below,
+                },
                 now_ms(),
             );
             let end = d
@@ -134,13 +143,23 @@ impl Inner {
     }
 }
 
+/// What makes a segment deletable.
+pub(crate) struct Limits {
+    /// Older than this (its newest write).
+    pub retention_ms: Option<u64>,
+    /// The log beyond this many bytes, oldest segments first.
+    pub retention_bytes: Option<u64>,
+    /// Log position of the first batch any live queue retains: a segment ending at or before
+    /// it holds nothing any queue still serves.
+    pub unreferenced_below: u64,
+}
+
 /// Start positions of the segments to delete, oldest first: never the segment starting at
 /// `keep_from` (the active one, or the first a pinned queue needs) nor any after it.
 pub(crate) fn segments_to_delete(
     segments: &SegmentSet,
     keep_from: u64,
-    retention_ms: Option<u64>,
-    retention_bytes: Option<u64>,
+    limits: Limits,
     now_ms: i64,
 ) -> Vec<u64> {
     let mut total = segments.total_bytes();
@@ -149,10 +168,12 @@ pub(crate) fn segments_to_delete(
         if seg.start >= keep_from {
             break;
         }
-        let too_big = retention_bytes.is_some_and(|max| total > max);
-        let too_old =
-            retention_ms.is_some_and(|ms| seg.modified_ms.get() < now_ms.saturating_sub(ms as i64));
-        if !(too_big || too_old) {
+        let too_big = limits.retention_bytes.is_some_and(|max| total > max);
+        let too_old = limits
+            .retention_ms
+            .is_some_and(|ms| seg.modified_ms.get() < now_ms.saturating_sub(ms as i64));
+        let unreferenced = seg.end() <= limits.unreferenced_below;
+        if !(too_big || too_old || unreferenced) {
             break;
         }
         total -= seg.size;
@@ -175,19 +196,28 @@ mod tests {
         test_segment_set(&segments)
     }
 
+    /// Age and size limits only (every segment holds a retained batch).
+    fn limits(retention_ms: Option<u64>, retention_bytes: Option<u64>) -> Limits {
+        Limits {
+            retention_ms,
+            retention_bytes,
+            unreferenced_below: 0,
+        }
+    }
+
     #[test]
     fn by_size_keeps_the_newest_and_never_the_active() {
         let s = set(&[0, 0, 0, 0]);
         assert_eq!(
-            segments_to_delete(&s, 300, None, Some(250), 0),
+            segments_to_delete(&s, 300, limits(None, Some(250)), 0),
             vec![0, 100]
         );
         assert_eq!(
-            segments_to_delete(&s, 300, None, Some(0), 0),
+            segments_to_delete(&s, 300, limits(None, Some(0)), 0),
             vec![0, 100, 200]
         );
         assert_eq!(
-            segments_to_delete(&s, 300, None, Some(400), 0),
+            segments_to_delete(&s, 300, limits(None, Some(400)), 0),
             Vec::<u64>::new()
         );
     }
@@ -196,10 +226,32 @@ mod tests {
     fn by_age_stops_at_the_first_young_segment() {
         let s = set(&[10, 50, 20, 90]);
         // Segment 200 is old too, but deleting it would leave a hole after the young segment 100.
-        assert_eq!(segments_to_delete(&s, 300, Some(60), None, 100), vec![0]);
         assert_eq!(
-            segments_to_delete(&s, 300, None, None, 100),
+            segments_to_delete(&s, 300, limits(Some(60), None), 100),
+            vec![0]
+        );
+        assert_eq!(
+            segments_to_delete(&s, 300, limits(None, None), 100),
             Vec::<u64>::new()
+        );
+    }
+
+    #[test]
+    fn segments_below_every_retained_batch_go_without_any_limit() {
+        let s = set(&[90, 90, 90, 90]);
+        let below = |pos| Limits {
+            retention_ms: None,
+            retention_bytes: None,
+            unreferenced_below: pos,
+        };
+        // The first retained batch is in segment 200 (at 250): 0 and 100 hold nothing.
+        assert_eq!(segments_to_delete(&s, 300, below(250), 100), vec![0, 100]);
+        // At a segment boundary: the segment starting there stays.
+        assert_eq!(segments_to_delete(&s, 300, below(200), 100), vec![0, 100]);
+        // No live queue retains anything: all but the active (or pinned) segment go.
+        assert_eq!(
+            segments_to_delete(&s, 300, below(u64::MAX), 100),
+            vec![0, 100, 200]
         );
     }
 }

@@ -473,6 +473,59 @@ fn retention_keeps_pinned_queues_from_their_log_start() {
     });
 }
 
+/// With no age or size limit at all, retention deletes the segments that hold no retained
+/// batch of any live queue (below every log start, or of deleted queues), as Kafka deletes the
+/// segments below a partition's log start offset; what stays is readable, also after a crash.
+/// Catches: DeleteRecords, a topic's own retention and DeleteTopics never freeing the disk.
+#[test]
+fn segments_no_live_queue_retains_are_deleted_without_limits() {
+    run(|| async {
+        let io = MemStorage::new();
+        let c = ShardConfig {
+            recycle_segments: false,
+            ..small_cfg("/unref")
+        };
+        assert!(c.retention_ms.is_none() && c.retention_bytes.is_none());
+        let s = open(&c, &io).await;
+        let logs = || async {
+            let names = io.list_dir("/unref".into()).await.expect("list");
+            names.iter().filter(|n| n.ends_with(".log")).count()
+        };
+        fill(&s).await;
+        s.append(QueueId(2), batch(1, 0, -1, -1, 100), Durability::Written)
+            .await
+            .unwrap();
+        fill(&s).await;
+        s.flush().await.unwrap();
+        let all = logs().await;
+        s.enforce_retention().await.unwrap();
+        assert_eq!(logs().await, all, "every segment holds a retained batch");
+
+        // Queue 1 keeps its last 5 batches; queue 2's one batch, written halfway, holds its
+        // segment and every later one.
+        s.advance_log_start(QueueId(1), Offset(75)).unwrap();
+        s.enforce_retention().await.unwrap();
+        let half = logs().await;
+        assert!(half < all && half > 2, "{all} -> {half}");
+        assert_eq!(read_all(&s, QueueId(2)).await, vec![(0, 1)]);
+
+        // Queue 2 deleted: only what queue 1 still serves stays (and the active segment).
+        s.delete_queue(QueueId(2)).await.unwrap();
+        s.enforce_retention().await.unwrap();
+        let last = logs().await;
+        assert!(last < half && last <= 2, "{half} -> {last}");
+        let kept: Vec<i64> = read_all(&s, QueueId(1)).await.iter().map(|b| b.0).collect();
+        assert_eq!(kept, (75..80).collect::<Vec<_>>());
+
+        drop(s);
+        io.crash(CrashMode::DropUnsynced);
+        let s = open(&c, &io).await;
+        assert_eq!(s.log_start_offset(QueueId(1)), Offset(75));
+        let kept: Vec<i64> = read_all(&s, QueueId(1)).await.iter().map(|b| b.0).collect();
+        assert_eq!(kept, (75..80).collect::<Vec<_>>());
+    });
+}
+
 #[test]
 fn deleted_queue_stays_deleted_after_a_crash() {
     run(|| async {
