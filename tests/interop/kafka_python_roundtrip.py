@@ -95,6 +95,22 @@ def admin_scenario(bootstrap):
     summary["retention_bytes_after_alter"] = config_entries.get("retention.bytes")
     summary["retention_ms_after_alter"] = config_entries.get("retention.ms")
 
+    # DeleteRecords (v0 from kafka-python): partition 0 loses its records below offset 4.
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for i in range(10):
+        producer.send(topic, value=b"d%d" % i, partition=0)
+    producer.flush()
+    producer.close()
+    first = TopicPartition(topic, 0)
+    deleted = admin.delete_records({first: 4})
+    summary["delete_records_low_watermark"] = deleted[first]["low_watermark"]
+    summary["delete_records_past_end"] = outcome(admin.delete_records, {first: 100})
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    reader.assign([first])
+    reader.seek_to_beginning(first)
+    summary["earliest_after_delete_records"] = reader.position(first)
+    reader.close()
+
     summary["create_partitions"] = outcome(
         admin.create_partitions, {topic: NewPartitions(total_count=5)}
     )

@@ -71,6 +71,11 @@ fn kafka_python_admin_client_manages_topics() {
     );
     assert_eq!(s["retention_bytes_after_alter"], json!("1048576"));
     assert_eq!(s["retention_ms_after_alter"], json!("604800000"));
+    // DeleteRecords v0: the new low watermark, OFFSET_OUT_OF_RANGE past the end, and a
+    // consumer's earliest position afterwards.
+    assert_eq!(s["delete_records_low_watermark"], json!(4));
+    assert_eq!(s["delete_records_past_end"], json!("OffsetOutOfRangeError"));
+    assert_eq!(s["earliest_after_delete_records"], json!(4));
     assert_eq!(s["create_partitions"], json!("NoError"));
     assert_eq!(s["partitions_after_grow"], json!(5));
     assert_eq!(s["cluster_brokers"], json!([broker.bootstrap()]));
