@@ -10,10 +10,11 @@
 //! low watermark is the start afterwards. An offset inside a batch is kept as is: a fetch from
 //! there returns the whole batch and the client skips the records before it, as with Kafka.
 //!
-//! Durability: as `Shard::advance_log_start`: the new start is recorded by the engine's next
-//! checkpoint (at most a few seconds away, and at a clean shutdown); after a crash before it
-//! the start may be back where it was (the deleted records readable again), never anywhere
-//! else. Kafka's log-start-offset checkpoint has the same kind of window.
+//! Durability: an answer without error means the new start is durable: each core makes its
+//! partitions' moves durable with one engine checkpoint (`Shard::persist_log_starts`) before it
+//! answers, so deleted records never come back after kill -9 or power loss (Kafka writes its
+//! log-start-offset checkpoint periodically, and may bring them back). If that checkpoint
+//! fails, the partitions get its error code (the moves may or may not survive a crash).
 
 use crate::core::{current, futures_join_all, Core};
 use crate::errors;
@@ -22,6 +23,7 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use ringmq_engine::{Offset, QueueId};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// The offset that asks for everything up to the high watermark to go.
@@ -29,50 +31,88 @@ pub const HIGH_WATERMARK: i64 = -1;
 
 pub async fn handle(core: &Rc<Core>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
     let meta = core.meta();
-    let mut topics = Vec::with_capacity(req.topics.len());
-    for t in &req.topics {
-        let deletions = t.partitions.iter().map(|p| {
-            let place = meta.place(t.name.as_str(), p.partition_index);
-            let mesh = core.mesh.clone();
-            let (index, offset) = (p.partition_index, p.offset);
-            async move {
-                let result = DeleteRecordsPartitionResult::default()
-                    .with_partition_index(index)
-                    .with_low_watermark(-1);
-                let Some(place) = place else {
-                    return result.with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION);
-                };
-                let queue = place.queue_id();
-                match mesh
-                    .call(place.core as usize, move || delete_before(queue, offset))
-                    .await
-                {
-                    Ok((error, low)) => result.with_error_code(error).with_low_watermark(low),
-                    Err(_) => result.with_error_code(errors::NOT_LEADER_OR_FOLLOWER),
-                }
+    // Answers in request order: (topic index, partition index) -> result; the partitions of
+    // each core go to it in one call, which makes their new starts durable once.
+    let mut results: Vec<Vec<DeleteRecordsPartitionResult>> = Vec::with_capacity(req.topics.len());
+    let mut by_core: BTreeMap<usize, Vec<(usize, usize, QueueId, i64)>> = BTreeMap::new();
+    for (t, topic) in req.topics.iter().enumerate() {
+        let mut answers = Vec::with_capacity(topic.partitions.len());
+        for (p, part) in topic.partitions.iter().enumerate() {
+            answers.push(
+                DeleteRecordsPartitionResult::default()
+                    .with_partition_index(part.partition_index)
+                    .with_low_watermark(-1)
+                    .with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION),
+            );
+            if let Some(place) = meta.place(topic.name.as_str(), part.partition_index) {
+                by_core.entry(place.core as usize).or_default().push((
+                    t,
+                    p,
+                    place.queue_id(),
+                    part.offset,
+                ));
             }
-        });
-        let partitions = futures_join_all(deletions).await;
-        topics.push(
-            DeleteRecordsTopicResult::default()
-                .with_name(t.name.clone())
-                .with_partitions(partitions),
-        );
+        }
+        results.push(answers);
     }
+    let calls = by_core.into_iter().map(|(owner, asks)| {
+        let mesh = core.mesh.clone();
+        async move {
+            let slots: Vec<(usize, usize)> = asks.iter().map(|&(t, p, _, _)| (t, p)).collect();
+            let work: Vec<(QueueId, i64)> = asks.iter().map(|&(_, _, q, o)| (q, o)).collect();
+            let answers = match mesh.call(owner, move || delete_before(work)).await {
+                Ok(answers) => answers,
+                Err(_) => vec![(errors::NOT_LEADER_OR_FOLLOWER, -1); slots.len()],
+            };
+            slots.into_iter().zip(answers).collect::<Vec<_>>()
+        }
+    });
+    for ((t, p), (error, low)) in futures_join_all(calls).await.into_iter().flatten() {
+        let r = &mut results[t][p];
+        r.error_code = error;
+        r.low_watermark = low;
+    }
+    let topics = req
+        .topics
+        .into_iter()
+        .zip(results)
+        .map(|(topic, partitions)| {
+            DeleteRecordsTopicResult::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
     DeleteRecordsResponse::default().with_topics(topics)
 }
 
-/// Runs on the owning core: (error, low watermark afterwards, or -1 on error).
-async fn delete_before(queue: QueueId, offset: i64) -> (i16, i64) {
+/// Runs on the owning core: moves each queue's start, then makes the moves durable (one
+/// checkpoint) before answering. Per queue: (error, low watermark afterwards, or -1).
+async fn delete_before(asks: Vec<(QueueId, i64)>) -> Vec<(i16, i64)> {
     let core = current();
-    let end = core.store.end_offset(queue).0 as i64;
-    match target(offset, end) {
-        Ok(to) => match core.store.advance_log_start(queue, Offset(to)) {
-            Ok(start) => (errors::NONE, start.0 as i64),
-            Err(e) => (errors::from_engine(&e), -1),
-        },
-        Err(error) => (error, -1),
+    let mut answers: Vec<(i16, i64)> = asks
+        .iter()
+        .map(|&(queue, offset)| {
+            let end = core.store.end_offset(queue).0 as i64;
+            match target(offset, end) {
+                Ok(to) => match core.store.advance_log_start(queue, Offset(to)) {
+                    Ok(start) => (errors::NONE, start.0 as i64),
+                    Err(e) => (errors::from_engine(&e), -1),
+                },
+                Err(error) => (error, -1),
+            }
+        })
+        .collect();
+    if answers.iter().any(|(e, _)| *e == errors::NONE) {
+        if let Err(e) = core.store.persist_log_starts().await {
+            // The moves are made but not known durable: say so rather than succeed.
+            tracing::warn!(error = %e, "persisting log starts after DeleteRecords failed");
+            let code = errors::from_engine(&e);
+            for a in answers.iter_mut().filter(|(e, _)| *e == errors::NONE) {
+                *a = (code, -1);
+            }
+        }
     }
+    answers
 }
 
 /// The new start a request for `offset` asks for on a partition whose high watermark is

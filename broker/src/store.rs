@@ -110,6 +110,15 @@ impl Store {
         }
     }
 
+    /// Makes the log starts moved so far durable now (`Shard::persist_log_starts`; nothing to
+    /// do in memory).
+    pub async fn persist_log_starts(&self) -> Result<(), EngineError> {
+        match self {
+            Store::Engine(s) => s.persist_log_starts().await,
+            Store::Memory(_) => Ok(()),
+        }
+    }
+
     /// Largest record timestamp of the queue's readable batches.
     pub fn max_timestamp(&self, q: QueueId) -> Result<Option<i64>, EngineError> {
         match self {

@@ -438,6 +438,17 @@ impl Shard {
         v
     }
 
+    /// Makes every log start moved so far durable now: a checkpoint, rather than the next
+    /// periodic one ([`Shard::advance_log_start`]). For a caller that acknowledges a move
+    /// (the broker's DeleteRecords). Each call checkpoints (checkpoints run one at a time, and
+    /// each snapshots the starts after it acquired its turn), so a move made before the call
+    /// is covered when it returns, whatever other callers do.
+    pub async fn persist_log_starts(&self) -> Result<(), EngineError> {
+        self.inner.check_usable()?;
+        self.inner.log_starts_moved.set(false);
+        self.inner.checkpoint().await
+    }
+
     /// Durably forgets a queue (a control entry in the log); idempotent.
     pub async fn delete_queue(&self, queue: QueueId) -> Result<(), EngineError> {
         let inner = &self.inner;
