@@ -526,6 +526,34 @@ fn segments_no_live_queue_retains_are_deleted_without_limits() {
     });
 }
 
+/// A start moved and then persisted survives a crash that drops everything unsynced; one only
+/// moved may come back (it is durable with the next checkpoint).
+/// Catches: `persist_log_starts` returning before the starts are in a durable checkpoint.
+#[test]
+fn persisted_log_starts_survive_a_crash() {
+    run(|| async {
+        let io = MemStorage::new();
+        let c = cfg("/starts");
+        let s = open(&c, &io).await;
+        for q in [1, 2] {
+            for _ in 0..5 {
+                s.append(QueueId(q), batch(1, 0, -1, -1, 100), Durability::Durable)
+                    .await
+                    .unwrap();
+            }
+        }
+        s.advance_log_start(QueueId(1), Offset(3)).unwrap();
+        s.persist_log_starts().await.unwrap();
+        s.advance_log_start(QueueId(2), Offset(4)).unwrap();
+        drop(s);
+        io.crash(CrashMode::DropUnsynced);
+        let s = open(&c, &io).await;
+        assert_eq!(s.log_start_offset(QueueId(1)), Offset(3));
+        assert!([Offset(0), Offset(4)].contains(&s.log_start_offset(QueueId(2))));
+        assert_eq!(s.end_offset(QueueId(1)), Offset(5));
+    });
+}
+
 #[test]
 fn deleted_queue_stays_deleted_after_a_crash() {
     run(|| async {
