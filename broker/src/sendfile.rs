@@ -112,9 +112,7 @@ pub async fn send_parts(sock: RawFd, parts: Vec<Part>, send: FetchSend) -> io::R
     glommio::executor()
         .spawn_blocking(move || {
             let _counted = counted;
-            if let Err(e) = ringmq_engine::io::set_thread_read_priority(priority) {
-                tracing::warn!(error = %e, ?priority, "setting a sender thread's I/O class failed");
-            }
+            ringmq_engine::io::apply_read_priority(priority);
             match send {
                 FetchSend::Copy => send_blocking(&sock, &parts, FILE_SEND_STALL_TIMEOUT),
                 FetchSend::Zc => {

@@ -488,7 +488,8 @@ impl Shard {
         self.inner.flush_to(pos).await
     }
 
-    /// Deletes whole segments beyond the retention limits now (also runs in the background).
+    /// Deletes the whole segments beyond the retention limits, and those no live queue retains a
+    /// batch in, now (also runs in the background).
     pub async fn enforce_retention(&self) -> Result<(), EngineError> {
         self.inner.enforce_retention().await
     }

@@ -352,9 +352,7 @@ impl StorageFile for GlommioFile {
             // executor waits for, not on pool threads.
             let (buf, pieces) = glommio::executor()
                 .spawn_blocking(move || {
-                    if let Err(e) = super::set_thread_read_priority(priority) {
-                        tracing::warn!(error = %e, ?priority, "setting a reader thread's I/O class failed");
-                    }
+                    super::apply_read_priority(priority);
                     let mut buf = AlignedBuf::new(len)?;
                     let mut pieces = 1;
                     while buf.fill_piece(fd.as_raw_fd(), pos, pace())? {

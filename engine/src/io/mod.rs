@@ -24,7 +24,7 @@ pub(crate) mod slow;
 pub use glommio_impl::{GlommioStorage, MAX_OWNED_READS_IN_FLIGHT};
 pub use mem::{CrashMode, MemStorage};
 pub use owned::{AlignedBuf, HUGE_PAGE_BYTES, MAX_OWNED_READ_BYTES};
-pub use priority::{set_thread_read_priority, ReadPriority};
+pub use priority::{apply_read_priority, set_thread_read_priority, ReadPriority};
 
 use bytes::Bytes;
 use std::future::Future;

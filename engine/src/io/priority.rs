@@ -38,6 +38,15 @@ thread_local! {
     static CURRENT: Cell<Option<ReadPriority>> = const { Cell::new(None) };
 }
 
+/// Sets the calling thread's I/O scheduling class for the reads it is about to issue, as
+/// [`set_thread_read_priority`]; a failure is logged and the thread reads at its old class.
+/// For the blocking-pool closures that read (engine) or send file ranges (broker).
+pub fn apply_read_priority(p: ReadPriority) {
+    if let Err(e) = set_thread_read_priority(p) {
+        tracing::warn!(error = %e, priority = ?p, "setting a thread's I/O class failed");
+    }
+}
+
 /// Sets the calling thread's I/O scheduling class for the reads it is about to issue. Tried
 /// once per thread and class: after a failure (returned) the thread reads at its old class.
 pub fn set_thread_read_priority(p: ReadPriority) -> io::Result<()> {
