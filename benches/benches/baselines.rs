@@ -138,9 +138,14 @@ async fn run_all(dir: PathBuf, quick: bool) {
     for k in ks {
         let mut runs = Vec::new();
         for _ in 0..reps {
-            let h = fsync::group_commit_latency(&dir, k, rounds)
-                .await
-                .expect("group loop");
+            let (h, _) = fsync::group_commit_latency(
+                &dir,
+                k * fsync::BARE_WRITE_BYTES,
+                rounds,
+                FileLayout::Fallocated,
+            )
+            .await
+            .expect("group loop");
             runs.push(LatencyUs::of(&h));
         }
         let l = LatencyUs::median_of(&runs);

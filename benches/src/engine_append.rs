@@ -6,6 +6,11 @@
 //!
 //! Targets (printed with each result): Written >= 0.85 x raw; 10,000 queues >= 0.9 x 1 queue;
 //! Durable with 64 appenders >= 0.6 x raw; Durable p99 <= 3 x bare write+fdatasync p99.
+//! Beside each Durable p99 the report prints two floors: Little's law at the fastest raw
+//! rate, and the group-commit floor, the closed loop's outstanding bytes as one write + one
+//! fdatasync per round with no engine at all ([`fsync::group_commit_latency`]), measured in
+//! the same run into the blocks the engine writes (fallocated in a fresh log, written ones in
+//! a recycling steady state).
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -36,6 +41,8 @@ pub const RAW_IN_FLIGHT: usize = 8;
 /// recommends; with a 4 MiB pool only about 3 of the 8 buffers fit and this line drops to ~0.7
 /// of the 256 KiB line, kernel-notes/o-direct-and-page-cache.md).
 pub const ENGINE_WRITE_BYTES: usize = 1 << 20;
+/// The engine's entry header in front of each batch in the log (engine/FORMAT.md).
+pub const ENTRY_HEADER_BYTES: usize = ringmq_engine::format::entry::HEADER_LEN;
 
 /// Sizes of one benchmark run.
 #[derive(Debug, Clone)]
@@ -57,6 +64,8 @@ pub struct Plan {
     pub retain_segments: Option<u64>,
     /// `ShardConfig::recycle_segments` ([`RECYCLE_ENV`]).
     pub recycle: bool,
+    /// Rounds of the group-commit floor at least (more when `bytes_per_run` holds more).
+    pub floor_min_rounds: usize,
 }
 
 /// How engine runs treat the shard's zero-fill ahead of the log ([`ZERO_AHEAD_ENV`]).
@@ -121,6 +130,7 @@ impl Plan {
             zero_ahead: ZeroAhead::On,
             retain_segments: None,
             recycle: true,
+            floor_min_rounds: 50,
         }
     }
 
@@ -224,7 +234,20 @@ impl Plan {
             bytes_per_run: 4 << 20,
             segment_size_bytes: 2 << 20,
             bare_fsync_pairs: 40,
+            floor_min_rounds: 4,
             ..Plan::full()
+        }
+    }
+
+    /// The blocks the engine's timed appends land in: overwrites of written blocks in a steady
+    /// state that recycles segments or after the active segment was zero-filled, unwritten
+    /// (fallocated) blocks in a fresh log.
+    pub fn engine_layout(&self) -> FileLayout {
+        let recycled = self.retain_segments.is_some() && self.recycle;
+        if recycled || self.zero_ahead == ZeroAhead::Wait {
+            FileLayout::Zeroed
+        } else {
+            FileLayout::Fallocated
         }
     }
 }
@@ -243,6 +266,18 @@ pub struct Row {
     pub outstanding_bytes: f64,
 }
 
+/// The closed loop's group-commit floor for one batch size ([`fsync::group_commit_latency`]):
+/// what the appenders' outstanding bytes cost the disk as one write and one fdatasync per round.
+#[derive(Debug, Clone, Copy)]
+pub struct Floor {
+    pub batch_bytes: usize,
+    /// Bytes per round: appenders x (batch + entry header), rounded up to a block.
+    pub round_bytes: usize,
+    pub layout: FileLayout,
+    pub latency: LatencyUs,
+    pub mb_per_s: f64,
+}
+
 /// Everything one benchmark run measured.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -255,6 +290,8 @@ pub struct Report {
     /// Durable appends paced open loop at [`OPEN_LOOP_LOAD`] of the closed-loop Durable
     /// throughput, one per batch size.
     pub open_loop: Vec<OpenLoopRow>,
+    /// One per batch size that ran Durable.
+    pub floors: Vec<Floor>,
 }
 
 /// Fraction of the closed-loop Durable throughput the open-loop run offers: latency targets
@@ -337,6 +374,22 @@ impl Report {
                 bare.p999
             ),
         );
+        for f in &self.floors {
+            line(
+                &mut out,
+                format!(
+                    "group-commit floor {:>3} KiB: {} appenders' {} KiB as one write + one fdatasync per round, {}: {:.0} MB/s, round p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+                    f.batch_bytes >> 10,
+                    plan.appenders,
+                    f.round_bytes >> 10,
+                    f.layout.name(),
+                    f.mb_per_s,
+                    f.latency.p50,
+                    f.latency.p99,
+                    f.latency.p999
+                ),
+            );
+        }
         line(
             &mut out,
             "batch    durability queues    MB/s  /raw(falloc) /raw(zeroed)  cpu  p50/p99/p99.9 us"
@@ -430,6 +483,9 @@ impl Report {
                             ),
                         );
                         line(&mut out, self.littles_law(plan, r, l));
+                        if let Some(f) = self.floors.iter().find(|f| f.batch_bytes == b) {
+                            line(&mut out, self.against_floor(f, l));
+                        }
                     }
                 }
             }
@@ -488,6 +544,27 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The closed loop's p99 against the group-commit floor of the same run, and the floor
+    /// against the target: when the floor's own p99 is above 3 x bare, no engine meets the
+    /// target on this disk in this run.
+    fn against_floor(&self, f: &Floor, l: LatencyUs) -> String {
+        let target = 3.0 * self.bare_fsync.p99;
+        format!(
+            "    group-commit floor: p99 {:.0} us = {:.2} x bare p99, engine p99 = {:.2} x floor p99 (p50 {:.2} x): the target is {}",
+            f.latency.p99,
+            f.latency.p99 / self.bare_fsync.p99,
+            l.p99 / f.latency.p99,
+            l.p50 / f.latency.p50,
+            if f.latency.p99 > target {
+                "below this disk's floor in this run"
+            } else {
+                "above the floor in this run"
+            }
+        )
+    }
+}
+
 fn parse_list<T: std::str::FromStr>(name: &str, v: &str) -> Result<Vec<T>, String> {
     v.split(',')
         .map(|x| {
@@ -510,10 +587,15 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
     let mut rows = Vec::new();
     let mut bare_runs = Vec::new();
     let mut open_loop = Vec::new();
+    let mut floors = Vec::new();
+    let durable = plan.durabilities.contains(&Durability::Durable);
     for &batch_bytes in &plan.batch_sizes {
         let mut falloc = Vec::new();
         let mut zeroed = Vec::new();
         let pool = build_pool(batch_bytes);
+        let round_bytes = plan.appenders * (mean_batch_bytes(&pool) as usize + ENTRY_HEADER_BYTES);
+        let floor_rounds = (plan.bytes_per_run as usize / round_bytes).max(plan.floor_min_rounds);
+        let mut floor_runs = Vec::new();
         type PerConfig = (Durability, u32, Vec<f64>, Vec<LatencyUs>, Vec<f64>);
         let mut per_config: Vec<PerConfig> = Vec::new();
         for &durability in &plan.durabilities {
@@ -543,6 +625,17 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
             .await
             .map_err(|e| format!("bare fdatasync loop: {e}"))?;
             bare_runs.push(LatencyUs::of(&h));
+            if durable {
+                let (h, t) = fsync::group_commit_latency(
+                    dir,
+                    round_bytes,
+                    floor_rounds,
+                    plan.engine_layout(),
+                )
+                .await
+                .map_err(|e| format!("group-commit floor: {e}"))?;
+                floor_runs.push((LatencyUs::of(&h), t.mb_per_s()));
+            }
             for (durability, q, mbs, lats, cpus) in per_config.iter_mut() {
                 let (t, h, cpu) = append_run(dir, plan, &pool, *durability, *q, None)
                     .await
@@ -555,6 +648,17 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
             }
         }
         raw_mb_per_s.push((batch_bytes, median(&falloc), median(&zeroed)));
+        if !floor_runs.is_empty() {
+            let lats: Vec<_> = floor_runs.iter().map(|r| r.0).collect();
+            let mbs: Vec<_> = floor_runs.iter().map(|r| r.1).collect();
+            floors.push(Floor {
+                batch_bytes,
+                round_bytes: round_bytes.next_multiple_of(fsync::BARE_WRITE_BYTES),
+                layout: plan.engine_layout(),
+                latency: LatencyUs::median_of(&lats),
+                mb_per_s: median(&mbs),
+            });
+        }
         // Open loop at a fraction of the closed-loop Durable rate, with the most queues that
         // ran Durable (the hardest case for the index).
         let closed = per_config
@@ -609,6 +713,7 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
         bare_fsync: LatencyUs::median_of(&bare_runs),
         rows,
         open_loop,
+        floors,
     })
 }
 

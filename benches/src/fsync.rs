@@ -5,11 +5,12 @@
 use std::io;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use glommio::io::DmaFile;
 use hdrhistogram::Histogram;
 
+use crate::raw::{prepare_layout, FileLayout, Throughput};
 use crate::stats::latency_histogram;
 
 /// Bytes per write of the bare baseline.
@@ -92,36 +93,52 @@ pub async fn write_fdatasync_latency(
     Ok(hist)
 }
 
-/// Times `rounds` group commits of `appends` 4 KiB appends each: the appends' bytes go out as
-/// one write, then one fdatasync covers them all, as the engine's group commit does. Returns
-/// the per-round latency in microseconds; the per-append cost is that divided by `appends`.
+/// Times `rounds` group commits of `round_bytes` each: the round's bytes go out as ONE write,
+/// then one fdatasync covers them, one round at a time, into a file of `layout`. Returns the
+/// per-round latency in microseconds and the bytes per second of the timed rounds.
+///
+/// This is the simplest possible group commit: no copies, no index, no coordination, every
+/// append of a round ready at its start. With `round_bytes` = what a closed loop of appenders
+/// keeps outstanding, it is that loop's floor on this disk: each appender waits one round, so
+/// the round's percentiles are the appenders' (the engine bench prints its latency against it).
 pub async fn group_commit_latency(
     dir: &Path,
-    appends: usize,
+    round_bytes: usize,
     rounds: usize,
-) -> io::Result<Histogram<u64>> {
-    let path = dir.join(format!("group-{appends}-{}.dat", std::process::id()));
+    layout: FileLayout,
+) -> io::Result<(Histogram<u64>, Throughput)> {
+    let round_bytes = round_bytes.next_multiple_of(BARE_WRITE_BYTES);
+    let path = dir.join(format!("group-{round_bytes}-{}.dat", std::process::id()));
     let file = DmaFile::create(&path).await?;
-    let round_bytes = appends * BARE_WRITE_BYTES;
-    file.pre_allocate(((rounds + WARMUP_PAIRS) * round_bytes) as u64, false)
-        .await?;
+    prepare_layout(
+        &file,
+        layout,
+        ((rounds + WARMUP_PAIRS) * round_bytes) as u64,
+    )
+    .await?;
     let mut buf = file.alloc_dma_buffer(round_bytes);
     crate::raw::fill_pattern(buf.as_bytes_mut(), 11);
     let buf = Rc::new(buf);
     let mut hist = latency_histogram();
+    let mut timed = Duration::ZERO;
     for i in 0..rounds + WARMUP_PAIRS {
         let started = Instant::now();
         file.write_rc_at(buf.clone(), (i * round_bytes) as u64)
             .await?;
         file.fdatasync().await?;
-        let us = started.elapsed().as_micros() as u64;
+        let took = started.elapsed();
         if i >= WARMUP_PAIRS {
-            hist.saturating_record(us.max(1));
+            hist.saturating_record((took.as_micros() as u64).max(1));
+            timed += took;
         }
     }
     file.close().await?;
     let _ = std::fs::remove_file(&path);
-    Ok(hist)
+    let done = Throughput {
+        bytes: (rounds * round_bytes) as u64,
+        elapsed: timed,
+    };
+    Ok((hist, done))
 }
 
 /// What [`overlapping_write_fdatasync`] measured.

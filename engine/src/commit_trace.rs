@@ -30,6 +30,9 @@ pub(crate) struct Trace {
     write_us: RefCell<Vec<u32>>,
     syncs: RefCell<VecDeque<(u64, Instant)>>,
     sync_us: RefCell<Vec<u32>>,
+    /// KiB per write issued while a `Durable` append waits, and the data end of the last one.
+    write_kib: RefCell<Vec<u32>>,
+    last_data_end: std::cell::Cell<u64>,
 }
 
 fn us(from: Instant, to: Instant) -> u32 {
@@ -56,6 +59,13 @@ impl Trace {
     pub fn write_issued(&self, id: u64, data_end: u64) {
         let now = Instant::now();
         self.writes.borrow_mut().push_back((id, now));
+        let last = self.last_data_end.replace(data_end);
+        if !self.waiting.borrow().is_empty() && last > 0 {
+            push(
+                &mut self.write_kib.borrow_mut(),
+                (data_end.saturating_sub(last) >> 10) as u32,
+            );
+        }
         for s in self.waiting.borrow_mut().iter_mut() {
             if s.cut.is_none() && s.end <= data_end {
                 s.cut = Some(now);
@@ -153,6 +163,11 @@ impl Drop for Trace {
             "commit-trace {:<20} us: {}",
             "sync duration",
             summary(self.sync_us.get_mut())
+        );
+        eprintln!(
+            "commit-trace {:<20} KiB: {}",
+            "durable-load write",
+            summary(self.write_kib.get_mut())
         );
     }
 }
