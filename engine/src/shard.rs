@@ -152,7 +152,13 @@ impl Shard {
         let zero_ahead = crate::log::zero_ahead::ZeroAhead::resumed(&active, rec.next_pos)
             .await
             .map_err(|e| EngineError::io("fdatasync the active segment", &active.path, e))?;
-        let appender = Appender::new(&*io, active, rec.next_pos, &rec.tail);
+        let appender = Appender::new(
+            &*io,
+            active,
+            rec.next_pos,
+            &rec.tail,
+            zero_ahead.upto.clone(),
+        );
         tracing::info!(dir = %config.dir.display(), epoch = rec.epoch, end = rec.next_pos, queues = rec.queues.len(), "shard recovered");
         let inner = Rc::new(Inner {
             epoch: rec.epoch,

@@ -52,9 +52,11 @@ const DONE_POLL: Duration = Duration::from_secs(1);
 pub(crate) struct ZeroAhead {
     /// `[from, upto)`: log positions of the active segment that were zero-filled, and made
     /// durably so, before any append wrote there (appends into them convert no extent); below
-    /// `upto` the segment is known written.
+    /// `upto` the segment is known written. `upto` is shared with the appender, which writes a
+    /// rewrite of a partly written block on its own only where unwritten blocks follow
+    /// (`Appender::copy_out`).
     pub from: Cell<u64>,
-    pub upto: Cell<u64>,
+    pub upto: Rc<Cell<u64>>,
     /// Bytes zero-filled ahead of the log so far (tests and metrics).
     pub bytes: Cell<u64>,
     /// Notified when a zero write completes.
