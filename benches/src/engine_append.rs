@@ -542,9 +542,7 @@ impl Report {
             }
         )
     }
-}
 
-impl Report {
     /// The closed loop's p99 against the group-commit floor of the same run, and the floor
     /// against the target: when the floor's own p99 is above 3 x bare, no engine meets the
     /// target on this disk in this run.
@@ -593,7 +591,9 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
         let mut falloc = Vec::new();
         let mut zeroed = Vec::new();
         let pool = build_pool(batch_bytes);
-        let round_bytes = plan.appenders * (mean_batch_bytes(&pool) as usize + ENTRY_HEADER_BYTES);
+        let round_bytes = (plan.appenders
+            * (mean_batch_bytes(&pool) as usize + ENTRY_HEADER_BYTES))
+            .next_multiple_of(fsync::BARE_WRITE_BYTES);
         let floor_rounds = (plan.bytes_per_run as usize / round_bytes).max(plan.floor_min_rounds);
         let mut floor_runs = Vec::new();
         type PerConfig = (Durability, u32, Vec<f64>, Vec<LatencyUs>, Vec<f64>);
@@ -653,7 +653,7 @@ pub async fn run(dir: &Path, plan: &Plan) -> Result<Report, String> {
             let mbs: Vec<_> = floor_runs.iter().map(|r| r.1).collect();
             floors.push(Floor {
                 batch_bytes,
-                round_bytes: round_bytes.next_multiple_of(fsync::BARE_WRITE_BYTES),
+                round_bytes,
                 layout: plan.engine_layout(),
                 latency: LatencyUs::median_of(&lats),
                 mb_per_s: median(&mbs),

@@ -424,6 +424,48 @@ pub async fn read_queue(
     Ok(out)
 }
 
+/// Where a partition's answer goes in a response: (topic index, partition index) in request
+/// order.
+pub type Slot = (usize, usize);
+
+/// Sends each owning core its part of a request in one call, every core at once. `parts`:
+/// per core, its items as (where the answer goes, the work); `on_owner` runs on that core with
+/// the works in order and answers one per work. Returns (slot, answer) pairs; the items of a
+/// core that cannot be reached answer `unreachable` (logged with `what`).
+pub async fn call_owners<S, W, A, F, Fut>(
+    mesh: &Rc<Mesh>,
+    what: &'static str,
+    parts: impl IntoIterator<Item = (usize, Vec<(S, W)>)>,
+    unreachable: A,
+    on_owner: F,
+) -> Vec<(S, A)>
+where
+    W: Send + 'static,
+    A: Clone + Send + 'static,
+    F: FnOnce(Vec<W>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Vec<A>> + 'static,
+{
+    let calls = parts.into_iter().map(|(owner, items)| {
+        let (slots, works): (Vec<S>, Vec<W>) = items.into_iter().unzip();
+        let (on_owner, unreachable) = (on_owner.clone(), unreachable.clone());
+        async move {
+            let answers = match mesh.call(owner, move || on_owner(works)).await {
+                Ok(answers) => answers,
+                Err(e) => {
+                    tracing::warn!("{what} on core {owner} failed: {e}");
+                    vec![unreachable; slots.len()]
+                }
+            };
+            slots.into_iter().zip(answers).collect::<Vec<_>>()
+        }
+    });
+    futures_join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Polls all futures concurrently and returns their outputs in order.
 pub async fn futures_join_all<F: std::future::Future>(
     futs: impl IntoIterator<Item = F>,

@@ -16,7 +16,7 @@
 //! log-start-offset checkpoint periodically, and may bring them back). If that checkpoint
 //! fails, the partitions get its error code (the moves may or may not survive a crash).
 
-use crate::core::{current, futures_join_all, Core};
+use crate::core::{call_owners, current, Core, Slot};
 use crate::errors;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -26,6 +26,9 @@ use ringmq_engine::{Offset, QueueId};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+/// One partition's part of a request: its queue, and the offset below which records go.
+type Ask = (QueueId, i64);
+
 /// The offset that asks for everything up to the high watermark to go.
 pub const HIGH_WATERMARK: i64 = -1;
 
@@ -34,7 +37,7 @@ pub async fn handle(core: &Rc<Core>, req: DeleteRecordsRequest) -> DeleteRecords
     // Answers in request order: (topic index, partition index) -> result; the partitions of
     // each core go to it in one call, which makes their new starts durable once.
     let mut results: Vec<Vec<DeleteRecordsPartitionResult>> = Vec::with_capacity(req.topics.len());
-    let mut by_core: BTreeMap<usize, Vec<(usize, usize, QueueId, i64)>> = BTreeMap::new();
+    let mut by_core: BTreeMap<usize, Vec<(Slot, Ask)>> = BTreeMap::new();
     for (t, topic) in req.topics.iter().enumerate() {
         let mut answers = Vec::with_capacity(topic.partitions.len());
         for (p, part) in topic.partitions.iter().enumerate() {
@@ -45,29 +48,24 @@ pub async fn handle(core: &Rc<Core>, req: DeleteRecordsRequest) -> DeleteRecords
                     .with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION),
             );
             if let Some(place) = meta.place(topic.name.as_str(), part.partition_index) {
-                by_core.entry(place.core as usize).or_default().push((
-                    t,
-                    p,
-                    place.queue_id(),
-                    part.offset,
-                ));
+                by_core
+                    .entry(place.core as usize)
+                    .or_default()
+                    .push(((t, p), (place.queue_id(), part.offset)));
             }
         }
         results.push(answers);
     }
-    let calls = by_core.into_iter().map(|(owner, asks)| {
-        let mesh = core.mesh.clone();
-        async move {
-            let slots: Vec<(usize, usize)> = asks.iter().map(|&(t, p, _, _)| (t, p)).collect();
-            let work: Vec<(QueueId, i64)> = asks.iter().map(|&(_, _, q, o)| (q, o)).collect();
-            let answers = match mesh.call(owner, move || delete_before(work)).await {
-                Ok(answers) => answers,
-                Err(_) => vec![(errors::NOT_LEADER_OR_FOLLOWER, -1); slots.len()],
-            };
-            slots.into_iter().zip(answers).collect::<Vec<_>>()
-        }
-    });
-    for ((t, p), (error, low)) in futures_join_all(calls).await.into_iter().flatten() {
+    let unreachable = (errors::NOT_LEADER_OR_FOLLOWER, -1);
+    for ((t, p), (error, low)) in call_owners(
+        &core.mesh,
+        "DeleteRecords",
+        by_core,
+        unreachable,
+        delete_before,
+    )
+    .await
+    {
         let r = &mut results[t][p];
         r.error_code = error;
         r.low_watermark = low;
@@ -87,7 +85,7 @@ pub async fn handle(core: &Rc<Core>, req: DeleteRecordsRequest) -> DeleteRecords
 
 /// Runs on the owning core: moves each queue's start, then makes the moves durable (one
 /// checkpoint) before answering. Per queue: (error, low watermark afterwards, or -1).
-async fn delete_before(asks: Vec<(QueueId, i64)>) -> Vec<(i16, i64)> {
+async fn delete_before(asks: Vec<Ask>) -> Vec<(i16, i64)> {
     let core = current();
     let mut answers: Vec<(i16, i64)> = asks
         .iter()

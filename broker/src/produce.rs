@@ -17,7 +17,7 @@
 //! so pipelined requests of one producer are checked in arrival order; after a restart it is
 //! seeded from the engine's `producer_batches`, which the engine rebuilds on recovery.
 
-use crate::core::{current, futures_join_all, Core};
+use crate::core::{call_owners, current, futures_join_all, Core, Slot};
 use crate::errors;
 use crate::metadata::Place;
 use bytes::Bytes;
@@ -66,8 +66,9 @@ pub async fn handle(core: &Rc<Core>, req: ProduceRequest, version: i16) -> Optio
     let meta = core.meta();
     // (topic index, partition index, result) slots in request order.
     let mut results: Vec<Vec<PartitionResult>> = Vec::with_capacity(req.topic_data.len());
-    // Work per owning core, in first-seen order (a handful of cores: a linear search).
-    let mut per_core: Vec<(u32, Vec<Work>)> = Vec::new();
+    // Work per owning core, beside its (topic, partition) slot, in first-seen order (a handful
+    // of cores: a linear search).
+    let mut per_core: Vec<(usize, Vec<(Slot, Work)>)> = Vec::new();
     for (ti, topic) in req.topic_data.iter().enumerate() {
         // Looked up once per topic, not once per partition.
         let topic_meta = meta.topic(topic.name.as_str());
@@ -92,16 +93,15 @@ pub async fn handle(core: &Rc<Core>, req: ProduceRequest, version: i16) -> Optio
             match valid_records(part.records.as_ref(), log_append_time) {
                 Ok(records) => {
                     let work = Work {
-                        ti,
-                        pi,
                         place,
                         records,
                         durability,
                         log_append_time,
                     };
-                    match per_core.iter_mut().find(|(owner, _)| *owner == place.core) {
-                        Some((_, list)) => list.push(work),
-                        None => per_core.push((place.core, vec![work])),
+                    let owner = place.core as usize;
+                    match per_core.iter_mut().find(|(o, _)| *o == owner) {
+                        Some((_, list)) => list.push(((ti, pi), work)),
+                        None => per_core.push((owner, vec![((ti, pi), work)])),
                     }
                     slots.push(PartitionResult::error(errors::UNKNOWN_SERVER_ERROR));
                 }
@@ -110,29 +110,17 @@ pub async fn handle(core: &Rc<Core>, req: ProduceRequest, version: i16) -> Optio
         }
         results.push(slots);
     }
-    let calls = per_core.into_iter().map(|(owner, work)| {
-        let mesh = core.mesh.clone();
-        async move {
-            let slots: Vec<(usize, usize)> = work.iter().map(|w| (w.ti, w.pi)).collect();
-            let outcome = mesh
-                .call(owner as usize, move || async move {
-                    append_on_owner(work).await
-                })
-                .await;
-            let outcome = match outcome {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("produce to core {owner} failed: {e}");
-                    vec![PartitionResult::error(errors::NOT_LEADER_OR_FOLLOWER); slots.len()]
-                }
-            };
-            slots.into_iter().zip(outcome).collect::<Vec<_>>()
-        }
-    });
-    for done in futures_join_all(calls).await {
-        for ((ti, pi), r) in done {
-            results[ti][pi] = r;
-        }
+    let unreachable = PartitionResult::error(errors::NOT_LEADER_OR_FOLLOWER);
+    for ((ti, pi), r) in call_owners(
+        &core.mesh,
+        "produce",
+        per_core,
+        unreachable,
+        append_on_owner,
+    )
+    .await
+    {
+        results[ti][pi] = r;
     }
     if acks == 0 {
         return None;
@@ -167,8 +155,6 @@ pub async fn handle(core: &Rc<Core>, req: ProduceRequest, version: i16) -> Optio
 
 /// The partition work sent to an owning core.
 struct Work {
-    ti: usize,
-    pi: usize,
     place: Place,
     /// The partition's `records` field: one or more whole batches, every one validated.
     records: Bytes,
